@@ -1,0 +1,114 @@
+"""Inference stage: ONNX Runtime sessions behind per-model dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from ray import serve
+
+from deployments.onnx_backend import BackendSettings, OnnxModel
+from deployments.postprocessing import yolo_candidates
+from model_registry.source import LocalFileSource, ResolvedModel
+from serve.settings import BatchingConfig, PipelineConfig
+
+log = logging.getLogger("ray.serve")
+
+
+class BatchedModel:
+    """One model version: its session, its own batch queue, its own run thread."""
+
+    def __init__(self, resolved: ResolvedModel, backend: BackendSettings, batching: BatchingConfig):
+        self.resolved = resolved
+        self.model = OnnxModel(resolved.path, resolved.spec, backend)
+        # ORT releases the GIL; one thread per model keeps runs off the event loop while
+        # batches of the same model stay sequential.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{resolved.name}")
+        self.batch_sizes: Counter[int] = Counter()
+        self._warmed = 0
+        self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0)
+        self.apply(batching)
+
+    def apply(self, batching: BatchingConfig) -> None:
+        # A batch-variant model (e.g. dynamically quantized) must never share a run.
+        size = batching.max_batch_size if self.model.batch_invariant else 1
+        if size > self._warmed:
+            self.model.warm_up(size)
+            self._warmed = size
+        self.submit.set_max_batch_size(size)
+        self.submit.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.max_batch_size = size
+        self.batch_wait_timeout_s = batching.batch_wait_timeout_s
+
+    async def _run_batch(self, items: list[tuple[np.ndarray, float]]) -> list:
+        self.batch_sizes[len(items)] += 1
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        results = await loop.run_in_executor(self._executor, self._infer, items)
+        ms = round((time.perf_counter() - t0) * 1000, 2)
+        timings = {"inference_ms": ms, "batch_size": len(items)}
+        return [(r, timings, self.model.outputs_probabilities) for r in results]
+
+    def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[np.ndarray]:
+        out = self.model.run([img for img, _ in items])
+        if self.resolved.spec.task == "detect":
+            # Ship only candidates above the request's threshold, not the raw [4+nc, N].
+            return [yolo_candidates(out[i], conf) for i, (_, conf) in enumerate(items)]
+        return [np.ascontiguousarray(out[i]) for i in range(len(items))]
+
+    def status(self) -> dict:
+        return {
+            "version": self.resolved.version,
+            "state": "ready",
+            "providers": self.model.providers,
+            "batch_mode": self.model.batch_mode,
+            "batch_invariant": self.model.batch_invariant,
+            "outputs_probabilities": self.model.outputs_probabilities,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "load_ms": round(self.model.load_ms, 1),
+        }
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=64,
+    user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.0},
+)
+class Inference:
+    def __init__(self, config: dict):
+        cfg = PipelineConfig.model_validate(config)
+        self._backend = BackendSettings(**cfg.backend.model_dump())
+        self._batching = BatchingConfig()
+        self.models: dict[str, BatchedModel] = {}
+        self.failures: dict[str, str] = {}
+        source = LocalFileSource(cfg.models)
+        for name in source.names():
+            try:
+                resolved = source.resolve(name)
+                self.models[resolved.key] = BatchedModel(resolved, self._backend, self._batching)
+            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+                log.exception("model %s failed to load", name)
+                self.failures[name] = f"{type(exc).__name__}: {exc}"
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._batching = BatchingConfig.model_validate(user_config or {})
+        for m in self.models.values():
+            m.apply(self._batching)
+
+    async def __call__(self, key: str, image: np.ndarray, conf: float):
+        model = self.models.get(key)
+        if model is None:
+            raise LookupError(f"model version {key} is not loaded in this inference replica")
+        return await model.submit((image, conf))
+
+    def status(self) -> dict:
+        return {
+            "models": {m.resolved.name: m.status() for m in self.models.values()},
+            "failures": self.failures,
+        }

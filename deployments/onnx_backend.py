@@ -1,0 +1,211 @@
+"""ONNX Runtime backend: one session per model, batch-capable, warmed, with known providers.
+
+Exports that fix the batch dimension at 1 (typical `yolo export` output) are rewritten into
+a batch-dynamic copy at load time and checked against the original; if the copy does not
+reproduce the original's outputs, items run one by one inside each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from deployments.model_spec import ModelSpec, check_output_shape
+from deployments.postprocessing import looks_like_probabilities
+from deployments.preprocessing import InputNormaliser
+
+log = logging.getLogger("visionray.onnx")
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# Outputs of the rewritten copy and the original must agree this closely.
+VERIFY_ATOL = 1e-4
+
+
+@dataclass
+class BackendSettings:
+    providers: list = field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    intra_op_threads: int = 2
+    # Spinning threads burn a core each while idle; on a shared CPU that costs more
+    # than the microseconds of wake-up latency it saves.
+    allow_spinning: bool = False
+    trt_engine_cache_dir: str | None = None
+
+
+def session_options(settings: BackendSettings) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = settings.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spin = "1" if settings.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    so.log_severity_level = 3
+    return so
+
+
+def resolve_providers(requested: list, cache_dir: str | None = None) -> list:
+    """Keep the requested providers this onnxruntime build has, in priority order.
+
+    Entries are names or (name, options) pairs. The TensorRT engine cache defaults to a
+    directory beside the model cache so engines survive restarts.
+    """
+    available = set(ort.get_available_providers())
+    out = []
+    for entry in requested:
+        name, opts = (entry, {}) if isinstance(entry, str) else (entry[0], dict(entry[1]))
+        if name not in available:
+            continue
+        if name == "TensorrtExecutionProvider" and cache_dir:
+            opts.setdefault("trt_engine_cache_enable", True)
+            opts.setdefault("trt_engine_cache_path", cache_dir)
+            opts.setdefault("trt_timing_cache_enable", True)
+            opts.setdefault("trt_timing_cache_path", cache_dir)
+        out.append((name, opts) if opts else name)
+    if not out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of `model` whose batch dimension is symbolic.
+
+    Ultralytics heads reshape activations with constant shapes whose leading entry is the
+    export batch (1); ONNX Reshape reads 0 as "copy this dim", which makes them
+    batch-agnostic. Only reshapes of tensors computed from the image input are touched:
+    a reshaped bias or weight keeps its shape.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "batch"
+    del m.graph.value_info[:]
+
+    init_names = {i.name for i in m.graph.initializer}
+    from_input = {i.name for i in m.graph.input if i.name not in init_names}
+    for node in m.graph.node:  # nodes are topologically sorted
+        if any(i in from_input for i in node.input):
+            from_input.update(node.output)
+    shape_inputs = {
+        n.input[1] for n in m.graph.node
+        if n.op_type == "Reshape" and len(n.input) > 1 and n.input[0] in from_input
+    }
+
+    def batch_agnostic(t: onnx.TensorProto) -> onnx.TensorProto | None:
+        shape = onnx.numpy_helper.to_array(t)
+        if shape.ndim == 1 and shape.size > 1 and shape[0] == 1:
+            shape = shape.copy()
+            shape[0] = 0
+            return onnx.numpy_helper.from_array(shape, t.name)
+        return None
+
+    for init in m.graph.initializer:
+        if init.name in shape_inputs and (new := batch_agnostic(init)) is not None:
+            init.CopyFrom(new)
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.output[0] in shape_inputs:
+            for attr in node.attribute:
+                if attr.name == "value" and (new := batch_agnostic(attr.t)) is not None:
+                    attr.t.CopyFrom(new)
+    return m
+
+
+def sample_images(spec: ModelSpec, n: int, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic, structured (not pure noise) uint8 BGR samples at the input size."""
+    rng = np.random.default_rng(seed)
+    h, w = spec.preprocessing.height, spec.preprocessing.width
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        img = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+        out.append(np.ascontiguousarray(img))
+    return out
+
+
+class OnnxModel:
+    """A loaded, verified, warmed model that runs uint8 image batches."""
+
+    def __init__(self, path: str | Path, spec: ModelSpec, settings: BackendSettings | None = None):
+        self.path = str(path)
+        self.spec = spec
+        self.settings = settings or BackendSettings()
+        self.normalise = InputNormaliser(spec.preprocessing, spec.input_dtype)
+        self._opts = session_options(self.settings)
+        self._providers = resolve_providers(self.settings.providers, self.settings.trt_engine_cache_dir)
+        t0 = time.perf_counter()
+        self.session = ort.InferenceSession(self.path, self._opts, providers=self._providers)
+        self.providers = self.session.get_providers()
+        self.batch_mode, self._batch_session = self._prepare_batching()
+        self.outputs_probabilities = self._detect_output_kind()
+        self.batch_invariant = self._check_batch_invariance()
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        log.info(
+            "loaded %s: providers=%s batch_mode=%s batch_invariant=%s (%.0f ms)",
+            Path(self.path).name, self.providers, self.batch_mode, self.batch_invariant, self.load_ms,
+        )
+
+    # -- batching -----------------------------------------------------------------------
+    def _raw(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        return session.run([self.spec.output_name], {self.spec.input_name: x})[0]
+
+    def _prepare_batching(self) -> tuple[str, ort.InferenceSession | None]:
+        if self.spec.fixed_batch in (None, 0):
+            return "native", self.session
+        samples = self.normalise(sample_images(self.spec, 1)).copy()
+        reference = self._raw(self.session, samples)
+        try:
+            rewritten = make_batch_dynamic(onnx.load(self.path))
+            with tempfile.TemporaryDirectory() as tmp:
+                p = os.path.join(tmp, "batch_dynamic.onnx")
+                onnx.save(rewritten, p)
+                session = ort.InferenceSession(p, self._opts, providers=self._providers)
+            pair = np.concatenate([samples, samples])
+            out = self._raw(session, pair)
+            if out.shape[0] == 2 and all(np.allclose(o, reference[0], atol=VERIFY_ATOL) for o in out):
+                log.info("%s: fixed batch %s; using a verified batch-dynamic copy", self.path, self.spec.fixed_batch)
+                return "rewritten", session
+            log.warning("%s: batch-dynamic copy disagrees with the original; running items one by one", self.path)
+        except Exception as exc:  # noqa: BLE001 - any failure means "fall back", and we say why
+            log.warning("%s: could not make a batch-dynamic copy (%s); running items one by one", self.path, exc)
+        return "per_item", None
+
+    def _check_batch_invariance(self) -> bool:
+        """Does an item's output stay the same whatever its batch mates are?"""
+        if self.batch_mode == "per_item":
+            return True  # items never share a run
+        a, b = sample_images(self.spec, 2, seed=1)
+        single_a = self._run(self.normalise([a]).copy())[0]
+        pair = self._run(self.normalise([a, b]).copy())[0]
+        return bool(np.allclose(pair, single_a, atol=VERIFY_ATOL, rtol=1e-3))
+
+    def _detect_output_kind(self) -> bool:
+        out = self._run(self.normalise(sample_images(self.spec, 1, seed=2)))
+        check_output_shape(self.spec, out.shape)
+        return self.spec.task == "classify" and looks_like_probabilities(out)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.batch_mode == "per_item" and len(x) > 1:
+            return np.concatenate([self._raw(self.session, x[i : i + 1]) for i in range(len(x))])
+        return self._raw(self._batch_session or self.session, x)
+
+    # -- public -------------------------------------------------------------------------
+    def run(self, images: list[np.ndarray]) -> np.ndarray:
+        """uint8 BGR images at the input size -> raw model output `[B, ...]`."""
+        return self._run(self.normalise(images))
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every batch size once so no request pays for first-run allocation."""
+        images = sample_images(self.spec, max_batch_size, seed=3)
+        for n in range(1, max_batch_size + 1):
+            self.run(images[:n])

@@ -1,0 +1,74 @@
+"""The one typed place for configuration: the application args in serve/config.yaml.
+
+Ray Serve passes each application's `args:` mapping to `serve.app:build_app`; it is
+validated here once, and every deployment receives the validated object.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.model_spec import PRESETS
+
+
+class ModelEntry(BaseModel):
+    """A model to serve, read from a local ONNX file (the MLflow source replaces `path`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    path: str
+    task: str | None = None
+    preset: str | None = None
+    labels: list[str] | None = None
+    labels_file: str | None = None
+    # Defaults for requests that don't pass conf/iou/max_det/top_k.
+    conf: float | None = None
+    iou: float | None = None
+    max_det: int | None = None
+    top_k: int | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v):
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose one of {PRESETS}")
+        return v
+
+
+class BackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Priority order; entries are provider names or [name, {options}].
+    providers: list = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(default=2, ge=1)
+    allow_spinning: bool = False
+    trt_engine_cache_dir: str | None = None
+
+
+class PipelineConfig(BaseModel):
+    """Args of one pipeline application."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelEntry]
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v):
+        names = [m.name for m in v]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique, got {names}")
+        return v
+
+
+class BatchingConfig(BaseModel):
+    """Inference `user_config`: retunable live, without restarting replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=10)
