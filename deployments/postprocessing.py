@@ -61,8 +61,8 @@ def map_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
     out = boxes.copy()
     out[:, [0, 2]] = (out[:, [0, 2]] - meta.pad_left) / meta.ratio
     out[:, [1, 3]] = (out[:, [1, 3]] - meta.pad_top) / meta.ratio
-    np.clip(out[:, [0, 2]], 0, meta.width, out=out[:, [0, 2]])
-    np.clip(out[:, [1, 3]], 0, meta.height, out=out[:, [1, 3]])
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, meta.width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, meta.height)
     return out
 
 

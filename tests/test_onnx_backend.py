@@ -1,0 +1,90 @@
+import numpy as np
+import onnx
+import pytest
+
+from deployments.image_codec import decode_image
+from deployments.model_spec import spec_from_onnx
+from deployments.onnx_backend import OnnxModel, make_batch_dynamic, resolve_providers, sample_images
+from deployments.postprocess import postprocess
+from deployments.preprocessing import prepare_image
+from deployments.postprocessing import yolo_candidates
+from model_registry.source import ResolvedModel
+from serve.http_api import PredictParams
+from tests.models import BUS_JPG, YOLO_DYNAMIC, YOLO_QDQ, assert_bus_detections, color_classifier, needs_shared_models
+from tests.models import solid_image
+
+PARAMS = PredictParams(conf=0.25, iou=0.45, max_det=300, top_k=3)
+
+
+def _bus(model: OnnxModel):
+    img = decode_image(BUS_JPG.read_bytes())
+    x, meta = prepare_image(img, model.spec.preprocessing)
+    return x, meta
+
+
+@needs_shared_models
+@pytest.mark.parametrize("path", [YOLO_QDQ, YOLO_DYNAMIC], ids=lambda p: p.name)
+def test_reference_detections_on_bus(path):
+    spec = spec_from_onnx(path)
+    model = OnnxModel(path, spec)
+    x, meta = _bus(model)
+    out = model.run([x])
+    resolved = ResolvedModel("m", "1", str(path), spec)
+    result = postprocess(resolved, False, yolo_candidates(out[0], 0.25), meta, PARAMS)
+    assert_bus_detections(result["detections"], path.name)
+
+
+@needs_shared_models
+def test_fixed_batch_export_gets_a_verified_batch_dynamic_copy():
+    model = OnnxModel(YOLO_QDQ, spec_from_onnx(YOLO_QDQ))
+    assert model.batch_mode == "rewritten" and model.batch_invariant
+    x, _ = _bus(model)
+    other = sample_images(model.spec, 3, seed=9)
+    alone = model.run([x])[0]
+    batched = model.run([other[0], x, other[1], other[2]])
+    np.testing.assert_allclose(batched[1], alone, atol=1e-4)
+
+
+@needs_shared_models
+def test_dynamic_quantization_is_detected_as_batch_variant():
+    model = OnnxModel(YOLO_DYNAMIC, spec_from_onnx(YOLO_DYNAMIC))
+    assert model.batch_mode == "rewritten"
+    assert model.batch_invariant is False
+
+
+@needs_shared_models
+def test_rewrite_only_touches_activation_reshapes():
+    original = onnx.load(YOLO_DYNAMIC)
+    rewritten = make_batch_dynamic(original)
+    assert rewritten.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    changed = [
+        a.name for a, b in zip(original.graph.initializer, rewritten.graph.initializer)
+        if a.raw_data != b.raw_data or list(a.int64_data) != list(b.int64_data)
+    ]
+    assert changed and all(name.startswith("/model.22/") for name in changed)
+
+
+def test_classifier_logits_vs_probabilities(tmp_path):
+    logits = OnnxModel(color_classifier(tmp_path / "a.onnx"), spec_from_onnx(tmp_path / "a.onnx"))
+    probs = OnnxModel(color_classifier(tmp_path / "b.onnx", softmax=True), spec_from_onnx(tmp_path / "b.onnx"))
+    assert logits.batch_mode == "native" and not logits.outputs_probabilities
+    assert probs.outputs_probabilities
+    for model in (logits, probs):
+        x, meta = prepare_image(solid_image((255, 0, 0)), model.spec.preprocessing)  # blue
+        resolved = ResolvedModel("c", "1", model.path, model.spec)
+        out = model.run([x])[0]
+        classes = postprocess(resolved, model.outputs_probabilities, out, meta, PARAMS)["classes"]
+        assert classes[0]["label"] == "blue" and classes[0]["score"] > 0.9
+        assert sum(c["score"] for c in classes) == pytest.approx(1, abs=1e-3)
+
+
+def test_fixed_batch_classifier_is_rewritten(tmp_path):
+    path = color_classifier(tmp_path / "f.onnx", fixed_batch=True)
+    model = OnnxModel(path, spec_from_onnx(path))
+    assert model.batch_mode == "rewritten"
+    assert model.run(sample_images(model.spec, 3)).shape == (3, 3)
+
+
+def test_unavailable_providers_are_dropped_and_cpu_remains():
+    providers = resolve_providers(["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"device_id": 0})])
+    assert providers[-1] == "CPUExecutionProvider"
