@@ -31,6 +31,12 @@ class BatchedModel:
         self.batch_sizes: Counter[int] = Counter()
         self._warmed = 0
         self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0)
+        # Ray Serve forms the next batch as soon as its wait timeout ends, even while the
+        # previous batch still holds the model, so under load batches would stay at size 1.
+        # Holding arrivals until the model is free lets them form one batch together;
+        # an idle model takes a request at once, so a lone request never waits.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.apply(batching)
 
     def apply(self, batching: BatchingConfig) -> None:
@@ -44,11 +50,18 @@ class BatchedModel:
         self.max_batch_size = size
         self.batch_wait_timeout_s = batching.batch_wait_timeout_s
 
+    async def infer(self, image: np.ndarray, conf: float):
+        await self._idle.wait()
+        return await self.submit((image, conf))
+
     async def _run_batch(self, items: list[tuple[np.ndarray, float]]) -> list:
         self.batch_sizes[len(items)] += 1
-        loop = asyncio.get_running_loop()
+        self._idle.clear()
         t0 = time.perf_counter()
-        results = await loop.run_in_executor(self._executor, self._infer, items)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, items)
+        finally:
+            self._idle.set()
         ms = round((time.perf_counter() - t0) * 1000, 2)
         timings = {"inference_ms": ms, "batch_size": len(items)}
         return [(r, timings, self.model.outputs_probabilities) for r in results]
@@ -105,7 +118,7 @@ class Inference:
         model = self.models.get(key)
         if model is None:
             raise LookupError(f"model version {key} is not loaded in this inference replica")
-        return await model.submit((image, conf))
+        return await model.infer(image, conf)
 
     def status(self) -> dict:
         return {

@@ -59,7 +59,12 @@ class Preprocess:
     async def __call__(self, request: Request) -> Response:
         rid = request_id(request)
         try:
-            handler, path_params = route(request.method, request.url.path)
+            path = request.url.path
+            # Under a route_prefix other than "/", Serve passes it as root_path.
+            root = request.scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):] or "/"
+            handler, path_params = route(request.method, path)
             return await getattr(self, handler)(request, rid, **path_params)
         except ApiError as err:
             return error_response(err, rid)

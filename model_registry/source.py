@@ -13,6 +13,10 @@ from typing import Protocol
 
 from deployments.model_spec import ModelSpec, read_labels_file, spec_from_onnx
 
+# Relative model paths in the config resolve against the project root (the folder that
+# holds the packages), so the config works from any working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -52,7 +56,7 @@ class LocalFileSource:
 
     def resolve(self, name: str) -> ResolvedModel:
         e = self._entries[name]
-        path = Path(e.path).expanduser().resolve()
+        path = (PROJECT_ROOT / Path(e.path).expanduser()).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"model {name!r}: no ONNX file at {path}")
         labels = e.labels or (read_labels_file(e.labels_file) if e.labels_file else None)

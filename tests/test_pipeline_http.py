@@ -1,0 +1,190 @@
+"""The whole pipeline over real HTTP on a real (isolated) Ray cluster."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import app_config, deploy, wait_ready
+from tests.models import (
+    BUS_JPG,
+    YOLO_DYNAMIC,
+    YOLO_QDQ,
+    assert_bus_detections,
+    color_classifier,
+    needs_shared_models,
+    solid_image,
+)
+
+pytestmark = needs_shared_models
+
+MAX_BODY = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def api(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("models")
+    models = [
+        {"name": "yolo", "path": str(YOLO_QDQ)},
+        {"name": "yolo-dyn", "path": str(YOLO_DYNAMIC)},
+        {"name": "colors", "path": str(color_classifier(tmp / "colors.onnx"))},
+    ]
+    broken = [
+        {"name": "colors", "path": str(color_classifier(tmp / "colors2.onnx", softmax=True))},
+        {"name": "missing", "path": str(tmp / "does-not-exist.onnx")},
+    ]
+    deploy(
+        [
+            app_config("pipeline", "/", models, max_body_bytes=MAX_BODY),
+            app_config("partial", "/partial", broken),
+        ],
+        ray_cluster,
+    )
+    wait_ready(f"{ray_cluster}/readyz")
+    return ray_cluster
+
+
+def predict(base, model, data, content_type="image/jpeg", **params):
+    return requests.post(f"{base}/v1/models/{model}/predict", data=data, params=params,
+                         headers={"content-type": content_type}, timeout=60)
+
+
+def png(img: np.ndarray) -> bytes:
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.mark.parametrize("model, file", [("yolo", YOLO_QDQ.name), ("yolo-dyn", YOLO_DYNAMIC.name)])
+def test_bus_detections_over_http(api, model, file):
+    r = predict(api, model, BUS_JPG.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == model and body["task"] == "detect"
+    assert body["image"] == {"width": 810, "height": 1080}
+    assert_bus_detections(body["detections"], file)
+    assert {"preprocess_ms", "inference_ms", "postprocess_ms", "total_ms"} <= set(body["timings_ms"])
+    assert body["request_id"] and body["version"]
+
+
+def test_multipart_upload_and_query_parameters(api):
+    files = {"image": ("bus.jpg", BUS_JPG.read_bytes(), "image/jpeg")}
+    r = requests.post(f"{api}/v1/models/yolo/predict", files=files, params={"conf": 0.5, "max_det": 2}, timeout=60)
+    assert r.status_code == 200, r.text
+    dets = r.json()["detections"]
+    assert len(dets) == 2 and all(d["score"] > 0.5 for d in dets)
+
+
+def test_classifier_over_http(api):
+    for bgr, label in [((0, 0, 255), "red"), ((0, 255, 0), "green"), ((255, 0, 0), "blue")]:
+        r = predict(api, "colors", png(solid_image(bgr)), "image/png", top_k=2)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["task"] == "classify" and len(body["classes"]) == 2
+        assert body["classes"][0]["label"] == label and body["classes"][0]["score"] > 0.9
+
+
+def test_model_listing_and_details(api):
+    listed = {m["name"]: m for m in requests.get(f"{api}/v1/models").json()["models"]}
+    assert set(listed) == {"yolo", "yolo-dyn", "colors"}
+    assert all(m["state"] == "ready" for m in listed.values())
+    detail = requests.get(f"{api}/v1/models/yolo").json()
+    assert detail["providers"] == ["CPUExecutionProvider"]
+    assert detail["spec"]["input_shape"] == [1, 3, 640, 640]
+    assert detail["batch_invariant"] is True and detail["batch_mode"] == "rewritten"
+    dyn = requests.get(f"{api}/v1/models/yolo-dyn").json()
+    assert dyn["batch_invariant"] is False and dyn["max_batch_size"] == 1
+    assert requests.get(f"{api}/healthz").json() == {"status": "ok"}
+
+
+def test_concurrent_requests_are_batched_and_results_do_not_depend_on_batch(api):
+    data = BUS_JPG.read_bytes()
+    before = requests.get(f"{api}/v1/models/yolo").json()["batch_sizes"]
+    with cf.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: predict(api, "yolo", data), range(48)))
+    assert all(r.status_code == 200 for r in responses)
+    after = requests.get(f"{api}/v1/models/yolo").json()["batch_sizes"]
+    grew = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+    assert max(grew) > 1, f"no batch larger than 1 observed: {grew}"
+    assert max(r.json()["timings_ms"]["batch_size"] for r in responses) > 1
+    for r in responses:
+        assert_bus_detections(r.json()["detections"], YOLO_QDQ.name)
+
+
+def test_batch_variant_model_never_shares_a_batch(api):
+    data = BUS_JPG.read_bytes()
+    with cf.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: predict(api, "yolo-dyn", data), range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.json()["timings_ms"]["batch_size"] for r in responses} == {1}
+    sizes = requests.get(f"{api}/v1/models/yolo-dyn").json()["batch_sizes"]
+    assert set(sizes) == {"1"}
+
+
+@pytest.mark.parametrize(
+    "path, body, content_type, params, status, code",
+    [
+        ("/v1/models/nope/predict", b"x", "image/jpeg", {}, 404, "model_not_found"),
+        ("/v1/models/yolo/predict", b"not an image at all", "image/jpeg", {}, 415, "unsupported_media_type"),
+        ("/v1/models/yolo/predict", b"\xff\xd8\xff\xe0garbage", "image/jpeg", {}, 400, "invalid_image"),
+        ("/v1/models/yolo/predict", b"", "image/jpeg", {}, 400, "invalid_image"),
+        ("/v1/models/yolo/predict", b"x", "text/plain", {}, 415, "unsupported_media_type"),
+        ("/v1/models/yolo/predict", b"x" * (MAX_BODY + 1), "image/jpeg", {}, 413, "payload_too_large"),
+        ("/v1/models/yolo/predict", None, "image/jpeg", {"conf": "abc"}, 422, "invalid_parameter"),
+        ("/v1/models/yolo/predict", None, "image/jpeg", {"conf": "1.5"}, 422, "invalid_parameter"),
+        ("/v1/models/yolo/predict", None, "image/jpeg", {"iou": "-1"}, 422, "invalid_parameter"),
+        ("/v1/models/yolo/predict", None, "image/jpeg", {"max_det": "0"}, 422, "invalid_parameter"),
+        ("/v1/models/colors/predict", None, "image/jpeg", {"top_k": "4"}, 422, "invalid_parameter"),
+        ("/v1/nothing", b"", "image/jpeg", {}, 404, "not_found"),
+    ],
+)
+def test_bad_input_gets_a_clear_json_error(api, path, body, content_type, params, status, code):
+    data = BUS_JPG.read_bytes() if body is None else body
+    r = requests.post(api + path, data=data, params=params, headers={"content-type": content_type}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_multipart_without_image_field_and_wrong_method(api):
+    r = requests.post(f"{api}/v1/models/yolo/predict", files={"file": ("a.jpg", b"x")}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_image"
+    r = requests.get(f"{api}/v1/models/yolo/predict", timeout=30)
+    assert r.status_code == 405 and "POST" in r.headers["Allow"]
+
+
+def test_hostile_images_are_refused_not_crashed(api):
+    # 16-bit grayscale with alpha: converted, not refused.
+    deep = np.zeros((64, 64, 2), np.uint16)
+    ok, buf = cv2.imencode(".png", deep[..., 0])
+    r = predict(api, "yolo", buf.tobytes(), "image/png")
+    assert r.status_code == 200, r.text
+    # A PNG header claiming a huge canvas is refused before decoding.
+    header = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
+    header[16:24] = (50_000).to_bytes(4, "big") + (50_000).to_bytes(4, "big")
+    r = predict(api, "yolo", bytes(header), "image/png")
+    assert r.status_code == 400 and "pixel limit" in r.json()["error"]["message"]
+    # Truncated JPEG.
+    r = predict(api, "yolo", BUS_JPG.read_bytes()[:2000])
+    assert r.status_code in (200, 400)  # cv2 may recover a partial image; it must never 500
+
+
+def test_a_model_that_fails_to_load_does_not_take_down_the_others(api):
+    base = f"{api}/partial"
+    r = requests.get(f"{base}/readyz", timeout=30)
+    assert r.status_code == 503 and r.json()["models"]["missing"] == "failed"
+    r = predict(base, "missing", BUS_JPG.read_bytes())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+    assert "Retry-After" in r.headers
+    assert "does-not-exist" in requests.get(f"{base}/v1/models/missing", timeout=30).json()["error"]
+    r = predict(base, "colors", png(solid_image((0, 255, 0))), "image/png")
+    assert r.status_code == 200 and r.json()["classes"][0]["label"] == "green"
+
+
+def test_truncated_stream_of_garbage_is_not_a_500(api):
+    payload = io.BytesIO(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    r = requests.post(f"{api}/v1/models/yolo/predict", data=payload, timeout=30)
+    assert r.status_code == 415
