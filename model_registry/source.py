@@ -60,6 +60,7 @@ class LocalFileSource:
         if not path.is_file():
             raise FileNotFoundError(f"model {name!r}: no ONNX file at {path}")
         labels = e.labels or (read_labels_file(e.labels_file) if e.labels_file else None)
-        overrides = {k: v for k, v in (("conf", e.conf), ("iou", e.iou), ("max_det", e.max_det), ("top_k", e.top_k)) if v is not None}
+        defaults = {"conf": e.conf, "iou": e.iou, "max_det": e.max_det, "top_k": e.top_k}
+        overrides = {k: v for k, v in defaults.items() if v is not None}
         spec = spec_from_onnx(path, task=e.task, preset_name=e.preset, labels=labels, overrides=overrides)
         return ResolvedModel(name=name, version=file_sha256(path)[:12], path=str(path), spec=spec)
