@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
+from deployments.model_versions import LoadedVersions
 from deployments.onnx_backend import BackendSettings, OnnxModel
 from deployments.postprocessing import yolo_candidates
-from model_registry.source import LocalFileSource, ResolvedModel
-from serve.settings import BatchingConfig, PipelineConfig
+from model_registry.source import ResolvedModel, model_key
+from serve.settings import BatchingConfig, PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
 
@@ -98,30 +99,38 @@ class Inference:
         cfg = PipelineConfig.model_validate(config)
         self._backend = BackendSettings(**cfg.backend.model_dump())
         self._batching = BatchingConfig()
-        self.models: dict[str, BatchedModel] = {}
-        self.failures: dict[str, str] = {}
-        source = LocalFileSource(cfg.models)
-        for name in source.names():
-            try:
-                resolved = source.resolve(name)
-                self.models[resolved.key] = BatchedModel(resolved, self._backend, self._batching)
-            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
-                log.exception("model %s failed to load", name)
-                self.failures[name] = f"{type(exc).__name__}: {exc}"
+        self.versions = LoadedVersions(make_source(cfg), self._build, cfg.registry.keep_versions)
+        # Load and warm what serves now before this replica reports healthy.
+        try:
+            catalog = make_source(cfg).poll()
+        except Exception as exc:  # noqa: BLE001 - no catalog yet: load on demand later
+            log.warning("could not read the model catalog at start: %s", exc)
+            catalog = {}
+        for models in catalog.values():
+            for name, version in models.items():
+                try:
+                    self.versions.load_now(model_key(name, version))
+                except Exception:  # noqa: BLE001 - recorded in versions.failures; others still load
+                    pass
+
+    def _build(self, resolved: ResolvedModel) -> BatchedModel:
+        return BatchedModel(resolved, self._backend, self._batching)
 
     def reconfigure(self, user_config: dict) -> None:
         self._batching = BatchingConfig.model_validate(user_config or {})
-        for m in self.models.values():
+        for _, m in self.versions.items():
             m.apply(self._batching)
 
+    async def load(self, key: str) -> dict:
+        """Load and warm a version (idempotent); raises if it cannot serve."""
+        return (await self.versions.get(key)).status()
+
     async def __call__(self, key: str, image: np.ndarray, conf: float):
-        model = self.models.get(key)
-        if model is None:
-            raise LookupError(f"model version {key} is not loaded in this inference replica")
+        model = await self.versions.get(key)
         return await model.infer(image, conf)
 
     def status(self) -> dict:
         return {
-            "models": {m.resolved.name: m.status() for m in self.models.values()},
-            "failures": self.failures,
+            "models": {key: m.status() for key, m in self.versions.items()},
+            "failures": dict(self.versions.failures),
         }

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
 from ray import serve
 
+from deployments.model_versions import LoadedVersions
 from deployments.postprocessing import detections, softmax, top_k
 from deployments.preprocessing import ImageMeta
-from model_registry.source import LocalFileSource, ResolvedModel
+from model_registry.source import ResolvedModel
 from serve.http_api import PredictParams
-from serve.settings import PipelineConfig
-
-log = logging.getLogger("ray.serve")
+from serve.settings import PipelineConfig, make_source
 
 
 def postprocess(
@@ -32,25 +30,21 @@ def postprocess(
 class Postprocess:
     def __init__(self, config: dict):
         cfg = PipelineConfig.model_validate(config)
-        self.models: dict[str, ResolvedModel] = {}
-        self.failures: dict[str, str] = {}
-        source = LocalFileSource(cfg.models)
-        for name in source.names():
-            try:
-                resolved = source.resolve(name)
-                self.models[resolved.key] = resolved
-            except Exception as exc:  # noqa: BLE001
-                log.exception("model %s failed to load", name)
-                self.failures[name] = f"{type(exc).__name__}: {exc}"
+        self.versions = LoadedVersions(make_source(cfg), lambda resolved: resolved, cfg.registry.keep_versions)
+
+    async def load(self, key: str) -> dict:
+        resolved = await self.versions.get(key)
+        return {"version": resolved.version, "state": "ready"}
 
     async def __call__(self, key: str, inferred: tuple, meta: ImageMeta, params: PredictParams):
         # Sub-millisecond numpy work: cheaper inline than a thread hop.
         t0 = time.perf_counter()
+        resolved = await self.versions.get(key)
         output, timings, probabilities = inferred
-        result = postprocess(self.models[key], probabilities, output, meta, params)
+        result = postprocess(resolved, probabilities, output, meta, params)
         result["timings_ms"] = {**timings, "postprocess_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return result
 
     def status(self) -> dict:
-        return {"models": {r.name: {"version": r.version, "state": "ready"} for r in self.models.values()},
-                "failures": self.failures}
+        return {"models": {key: {"version": r.version, "state": "ready"} for key, r in self.versions.items()},
+                "failures": dict(self.versions.failures)}

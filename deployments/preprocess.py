@@ -20,9 +20,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
+from deployments.alias_watcher import AliasWatcher
 from deployments.image_codec import ImageDecodeError, decode_image
 from deployments.preprocessing import prepare_image
-from model_registry.source import LocalFileSource, ResolvedModel
+from model_registry.source import ResolvedModel
 from serve.http_api import (
     ApiError,
     error_response,
@@ -33,7 +34,7 @@ from serve.http_api import (
     request_id,
     route,
 )
-from serve.settings import PipelineConfig
+from serve.settings import PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
 
@@ -42,19 +43,21 @@ RETRY_AFTER_S = "1"
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Preprocess:
-    def __init__(self, config: dict, inference: DeploymentHandle, postprocess: DeploymentHandle):
+    async def __init__(self, config: dict, inference: DeploymentHandle, postprocess: DeploymentHandle):
         self.cfg = PipelineConfig.model_validate(config)
         self.inference = inference
         self.postprocess = postprocess
-        self.models: dict[str, ResolvedModel] = {}
-        self.failures: dict[str, str] = {}
-        source = LocalFileSource(self.cfg.models)
-        for name in source.names():
-            try:
-                self.models[name] = source.resolve(name)
-            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
-                log.exception("model %s failed to load", name)
-                self.failures[name] = f"{type(exc).__name__}: {exc}"
+        self.serving_alias = self.cfg.registry.serving_alias
+        self.aliases = self.cfg.registry.aliases
+        self.watcher = AliasWatcher(make_source(self.cfg), self._prepare_stages, self.cfg.registry.poll_interval_s)
+        await self.watcher.poll_once()
+        self._watch_task = asyncio.create_task(self.watcher.run())
+
+    async def _prepare_stages(self, resolved: ResolvedModel) -> None:
+        """Load and warm a version in inference and postprocess before it may serve."""
+        await asyncio.gather(
+            self.inference.load.remote(resolved.key), self.postprocess.load.remote(resolved.key)
+        )
 
     async def __call__(self, request: Request) -> Response:
         rid = request_id(request)
@@ -78,37 +81,39 @@ class Preprocess:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request, rid: str) -> Response:
-        states = await self._model_states()
-        ready = bool(states) and all(s["state"] == "ready" for s in states.values())
-        body = {"ready": ready, "models": {n: s["state"] for n, s in states.items()}}
+        ready = self.watcher.ready
+        models = {name: self.watcher.states[(self.serving_alias, name)].state
+                  for (alias, name) in self.watcher.states if alias == self.serving_alias}
+        body = {"ready": ready, "models": models}
+        if self.watcher.registry_error:
+            body["registry_error"] = self.watcher.registry_error
         return json_response(body, 200 if ready else 503, None if ready else {"Retry-After": "5"})
 
     async def list_models(self, request: Request, rid: str) -> Response:
-        states = await self._model_states()
-        return json_response({"models": [
-            {"name": n, "task": s.get("task"), "version": s.get("version"), "state": s["state"]}
-            for n, s in states.items()
-        ]})
+        out = []
+        for name in self._names():
+            info = self._describe(name)
+            out.append({"name": name, "task": info.get("task"), "version": info.get("version"),
+                        "state": info["state"], "aliases": info["aliases"]})
+        return json_response({"models": out})
 
     async def get_model(self, request: Request, rid: str, name: str) -> Response:
-        states = await self._model_states()
-        if name not in states:
+        if name not in self._names():
             raise self._unknown(name)
-        body = {"name": name, **states[name]}
-        if name in self.models:
-            body["spec"] = self.models[name].spec.model_dump()
+        body = {"name": name, **self._describe(name)}
+        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
+        if resolved is not None:
+            body["spec"] = resolved.spec.model_dump()
+            body.update(await self._inference_info(resolved.key))
         return json_response(body)
 
     async def predict(self, request: Request, rid: str, name: str) -> Response:
         t0 = time.perf_counter()
-        resolved = self.models.get(name)
-        if resolved is None:
-            if name in self.failures:
-                raise ApiError(503, "model_unavailable", f"model {name!r} failed to load: {self.failures[name]}",
-                               {"Retry-After": "30"})
-            raise self._unknown(name)
+        query = request.query_params
+        alias = query.get("alias") or self.serving_alias
+        resolved = self._serving(name, alias)  # read once: this request's version, end to end
         spec = resolved.spec
-        params = predict_params(request.query_params, spec, len(spec.labels))
+        params = predict_params(query, spec, len(spec.labels))
         body = await read_body(request, self.cfg.max_body_bytes)
         data = image_bytes(request.headers.get("content-type"), body)
         # cv2 releases the GIL: decoding off the event loop lets requests overlap.
@@ -124,6 +129,7 @@ class Preprocess:
         return json_response({
             "model": name,
             "version": resolved.version,
+            "alias": alias,
             "task": spec.task,
             "image": {"width": meta.width, "height": meta.height},
             **result,
@@ -140,35 +146,52 @@ class Preprocess:
             raise ApiError(status, code, str(exc)) from None
         return prepare_image(img, resolved.spec.preprocessing)
 
-    def _unknown(self, name: str) -> ApiError:
-        known = sorted(set(self.models) | set(self.failures))
-        return ApiError(404, "model_not_found", f"no model named {name!r}; served models: {known}")
+    def _serving(self, name: str, alias: str) -> ResolvedModel:
+        if alias not in self.aliases:
+            raise ApiError(404, "alias_not_served", f"alias {alias!r} is not served; served aliases: {self.aliases}")
+        resolved = self.watcher.serving.get(alias, {}).get(name)
+        if resolved is not None:
+            return resolved
+        st = self.watcher.states.get((alias, name))
+        if st is None or (st.version is None and st.previous is not None and not st.error):
+            raise self._unknown(name, alias)
+        if st.error:
+            raise ApiError(503, "model_unavailable",
+                           f"model {name!r}@{alias} version {st.failed_version} cannot serve: {st.error}",
+                           {"Retry-After": "30"})
+        raise ApiError(503, "model_loading", f"model {name!r}@{alias} is loading", {"Retry-After": "5"})
 
-    async def _model_states(self) -> dict[str, dict]:
-        """Per model: the worst state across stages, plus what inference reports."""
+    def _names(self) -> list[str]:
+        return sorted({name for (_, name) in self.watcher.states})
+
+    def _describe(self, name: str) -> dict:
+        aliases = {}
+        for alias in self.aliases:
+            st = self.watcher.states.get((alias, name))
+            if st is None:
+                continue
+            entry = {"version": st.version, "state": st.state, "previous": st.previous}
+            if st.error:
+                entry.update(failed_version=st.failed_version, error=st.error, attempts=st.attempts)
+            aliases[alias] = entry
+        main = aliases.get(self.serving_alias) or next(iter(aliases.values()), {"state": "not_served"})
+        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
+        out = {"version": main.get("version"), "alias": self.serving_alias, "state": main["state"],
+               "task": resolved.spec.task if resolved else None, "aliases": aliases}
+        if main.get("error"):
+            out["error"] = main["error"]
+        return out
+
+    async def _inference_info(self, key: str) -> dict:
         try:
-            inf, post = await asyncio.gather(
-                self.inference.status.remote(), self.postprocess.status.remote()
-            )
+            status = await self.inference.status.remote()
         except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
-            log.warning("status call failed: %s", exc)
-            inf, post = {"models": {}, "failures": {}}, {"models": {}, "failures": {}}
-        states = {}
-        for name in list(self.models) + list(self.failures):
-            r = self.models.get(name)
-            failure = self.failures.get(name) or inf["failures"].get(name) or post["failures"].get(name)
-            info = inf["models"].get(name, {})
-            if failure:
-                state = "failed"
-            elif info.get("state") == "ready" and name in post["models"]:
-                state = "ready"
-            else:
-                state = "loading"
-            states[name] = {
-                "state": state,
-                "task": r.spec.task if r else None,
-                "version": r.version if r else None,
-                **({"error": failure} if failure else {}),
-                **{k: v for k, v in info.items() if k not in ("state", "version")},
-            }
-        return states
+            return {"inference_error": str(exc)[:300]}
+        info = dict(status["models"].get(key, {}))
+        info.pop("version", None)
+        info.pop("state", None)
+        return info
+
+    def _unknown(self, name: str, alias: str | None = None) -> ApiError:
+        where = f" under alias {alias!r}" if alias else ""
+        return ApiError(404, "model_not_found", f"no model named {name!r} is served{where}; served: {self._names()}")

@@ -1,7 +1,11 @@
-"""Where a model's file and spec come from: the one interface the pipeline depends on.
+"""Where models come from: the one small interface the pipeline depends on.
 
-`LocalFileSource` reads ONNX paths named in the config. The MLflow registry source
-implements the same two methods.
+    poll()  -> {alias: {model name: version}}   what should serve now
+    fetch(name, version) -> ResolvedModel        that version's file on local disk + spec
+
+`LocalFileSource` serves ONNX paths named in the config (version = content hash, the one
+alias is the serving alias). `MlflowSource` (model_registry/mlflow_source.py) follows
+registry aliases.
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ class ResolvedModel:
     @property
     def key(self) -> str:
         """Identifies one version of one model across all three stages."""
-        return f"{self.name}:{self.version}"
+        return model_key(self.name, self.version)
+
+
+def model_key(name: str, version: str) -> str:
+    return f"{name}:{version}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    name, _, version = key.rpartition(":")
+    return name, version
 
 
 class ModelSource(Protocol):
-    def names(self) -> list[str]: ...
+    def poll(self) -> dict[str, dict[str, str]]: ...
 
-    def resolve(self, name: str) -> ResolvedModel: ...
+    def fetch(self, name: str, version: str) -> ResolvedModel: ...
 
 
 def file_sha256(path: str | Path) -> str:
@@ -48,19 +61,32 @@ def file_sha256(path: str | Path) -> str:
 class LocalFileSource:
     """Models from local ONNX files; the version is the file's content hash."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, alias: str = "production"):
         self._entries = {e.name: e for e in entries}
+        self._alias = alias
+        self._versions: dict[str, str] = {}
 
-    def names(self) -> list[str]:
-        return list(self._entries)
+    def _path(self, name: str) -> Path:
+        return (PROJECT_ROOT / Path(self._entries[name].path).expanduser()).resolve()
 
-    def resolve(self, name: str) -> ResolvedModel:
+    def poll(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for name in self._entries:
+            path = self._path(name)
+            # A missing file still "serves" so that fetch reports why it cannot load.
+            out[name] = file_sha256(path)[:12] if path.is_file() else "missing"
+        return {self._alias: out}
+
+    def fetch(self, name: str, version: str) -> ResolvedModel:
         e = self._entries[name]
-        path = (PROJECT_ROOT / Path(e.path).expanduser()).resolve()
+        path = self._path(name)
         if not path.is_file():
             raise FileNotFoundError(f"model {name!r}: no ONNX file at {path}")
+        actual = file_sha256(path)[:12]
+        if actual != version:
+            raise LookupError(f"model {name!r}: file {path} is version {actual}, not {version}")
         labels = e.labels or (read_labels_file(e.labels_file) if e.labels_file else None)
         defaults = {"conf": e.conf, "iou": e.iou, "max_det": e.max_det, "top_k": e.top_k}
         overrides = {k: v for k, v in defaults.items() if v is not None}
         spec = spec_from_onnx(path, task=e.task, preset_name=e.preset, labels=labels, overrides=overrides)
-        return ResolvedModel(name=name, version=file_sha256(path)[:12], path=str(path), spec=spec)
+        return ResolvedModel(name=name, version=version, path=str(path), spec=spec)

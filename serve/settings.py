@@ -46,12 +46,38 @@ class BackendConfig(BaseModel):
     trt_engine_cache_dir: str | None = None
 
 
-class PipelineConfig(BaseModel):
-    """Args of one pipeline application."""
+class RegistryConfig(BaseModel):
+    """Serving from the MLflow registry: the registry, not this file, says what serves."""
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[ModelEntry]
+    # None: $MLFLOW_TRACKING_URI, else the embedded sqlite registry in the project's .data/.
+    tracking_uri: str | None = None
+    # Per-node cache of downloaded versions; None: <project>/.data/model-cache.
+    cache_dir: str | None = None
+    serving_alias: str = "production"
+    # Served beside the serving alias, addressed with ?alias=NAME (champion/challenger).
+    extra_aliases: list[str] = Field(default_factory=list)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    # Versions each replica keeps loaded per model: the serving one and the previous (rollback).
+    keep_versions: int = Field(default=2, ge=1)
+
+    @property
+    def aliases(self) -> list[str]:
+        return [self.serving_alias, *[a for a in self.extra_aliases if a != self.serving_alias]]
+
+
+class PipelineConfig(BaseModel):
+    """Args of one pipeline application.
+
+    With `models` (local ONNX files) the app serves exactly those; without, it serves
+    whatever the registry's aliases point at.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelEntry] = Field(default_factory=list)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
@@ -72,3 +98,16 @@ class BatchingConfig(BaseModel):
 
     max_batch_size: int = Field(default=8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=10)
+
+
+def make_source(cfg: PipelineConfig):
+    """The ModelSource this app reads: local files if listed, else the MLflow registry."""
+    from model_registry.source import LocalFileSource
+
+    if cfg.models:
+        return LocalFileSource(cfg.models, cfg.registry.serving_alias)
+    from model_registry.mlflow_source import MlflowSource
+    from model_registry.registry import default_data_dir
+
+    cache = cfg.registry.cache_dir or str(default_data_dir() / "model-cache")
+    return MlflowSource(cfg.registry.tracking_uri, cache, cfg.registry.aliases)
