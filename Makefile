@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench
+.PHONY: test lint
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,3 +18,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+.PHONY: up down status
+up: $(STAMP)
+	$(BIN)/visionray up
+
+down:
+	@test -x $(BIN)/visionray && $(BIN)/visionray down || echo "nothing to stop"
+
+status:
+	@$(BIN)/visionray status

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(run=_predict)
 
+    from serve import platform
+
+    for name, fn, text in (("up", platform.up, "start Ray, register the demo models, deploy, wait until ready"),
+                           ("down", platform.down, "stop exactly what `up` started"),
+                           ("status", platform.status, "is the platform up and ready?")):
+        commands.add_parser(name, help=text).set_defaults(run=lambda args, fn=fn: fn())
+
     add_models_commands(commands)
     return parser
 

@@ -1,0 +1,233 @@
+"""`visionray up|down|status`: the whole platform on one machine, started and stopped exactly.
+
+`up` starts a Ray head of our own (its own temp dir under .data/, loopback dashboard) as
+one process group, registers the shipped demo models in the embedded MLflow registry if
+they are missing, deploys serve/config.yaml with `serve deploy`, waits until every model
+is warm and runs one sample request. `down` stops that process group and nothing else:
+no `ray stop`, which would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = PROJECT_ROOT / ".data"
+STATE_FILE = DATA_DIR / "platform.json"
+LOG_DIR = DATA_DIR / "logs"
+CONFIG_YAML = PROJECT_ROOT / "serve" / "config.yaml"
+DASHBOARD_PORT = 8265
+HTTP_URL = "http://127.0.0.1:8000"
+DEMO_MODELS = {
+    "shapes-detector": PROJECT_ROOT / "demo_models" / "detector.onnx",
+    "shapes-classifier": PROJECT_ROOT / "demo_models" / "classifier.onnx",
+}
+SAMPLE = PROJECT_ROOT / "demo_models" / "samples"
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _http_ok(url: str, timeout: float = 3) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001 - any failure means "not up"
+        return False
+
+
+def _http_answers(url: str, timeout: float = 3) -> bool:
+    """The server is up, whatever it answers (the dashboard may demand Ray's auth token)."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _wait(predicate, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    hint = f"; see {log}" if log else ""
+    raise StepFailed(f"{what} not ready after {timeout_s:.0f}s{hint}")
+
+
+def _state() -> dict | None:
+    if not STATE_FILE.is_file():
+        return None
+    state = json.loads(STATE_FILE.read_text())
+    try:
+        os.killpg(state["pgid"], 0)
+    except ProcessLookupError:
+        return None
+    return state
+
+
+def _start_ray() -> dict:
+    for port, what in ((8000, "HTTP"), (DASHBOARD_PORT, "Ray dashboard")):
+        if not _port_free(port):
+            raise StepFailed(f"port {port} ({what}) is in use by another program; stop it or free the port")
+    gcs_port = 6380
+    while not _port_free(gcs_port):
+        gcs_port += 1
+    temp_dir = DATA_DIR / "ray"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / "ray-head.log"
+    command = [
+        _bin("ray"), "start", "--head", "--block", f"--port={gcs_port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=PROJECT_ROOT)
+    state = {"pgid": proc.pid, "gcs_address": f"127.0.0.1:{gcs_port}", "temp_dir": str(temp_dir),
+             "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "started": time.time()}
+    STATE_FILE.write_text(json.dumps(state, indent=2))
+    try:
+        _wait(lambda: proc.poll() is None and _http_answers(f"{state['dashboard']}/api/version"), 120,
+              "Ray head and dashboard", log)
+    except StepFailed:
+        down(quiet=True)
+        raise
+    return state
+
+
+def _register_demo_models() -> None:
+    from model_registry import registry
+
+    present = {m.name: m for m in registry.list_models()}
+    for name, path in DEMO_MODELS.items():
+        if name in present and "production" in present[name].aliases:
+            print(f"    {name}: already registered (production -> v{present[name].aliases['production']})")
+            continue
+        if not path.is_file():
+            raise StepFailed(f"demo model {path} is missing")
+        info = registry.register(path, name=name, alias="production")
+        print(f"    {name}: registered v{info.version}, alias production")
+
+
+def up() -> int:
+    try:
+        state = _state()
+        if state:
+            step(f"Ray head already running (pid {state['pgid']}); reusing it")
+        else:
+            step("starting a local Ray head (dashboard on 127.0.0.1:8265)")
+            state = _start_ray()
+        step("registering the demo models in the embedded MLflow registry (.data/mlflow.db)")
+        _register_demo_models()
+        step("deploying serve/config.yaml (serve deploy)")
+        log = LOG_DIR / "serve-deploy.log"
+        with open(log, "ab") as out:
+            # The head runs with Ray's token auth (~/.ray/auth_token); the CLI must send it.
+            env = {**os.environ, "RAY_AUTH_MODE": "token"}
+            rc = subprocess.call([_bin("serve"), "deploy", str(CONFIG_YAML), "-a", state["dashboard"]],
+                                 stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
+        if rc != 0:
+            raise StepFailed(f"serve deploy failed (exit {rc}); see {log}")
+        step("waiting for every model to be loaded and warmed (/readyz)")
+        _wait(lambda: _http_ok(f"{HTTP_URL}/readyz"), 300, "the app", state["temp_dir"] + "/session_latest/logs")
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sample = next(iter(sorted(SAMPLE.glob("detect*"))), None)
+    print(f"""
+visionray is up.
+  API        {HTTP_URL}/v1/models
+  ready      {HTTP_URL}/readyz
+  dashboard  {state['dashboard']}  (Serve tab: replicas per stage)
+  logs       {state['temp_dir']}/session_latest/logs
+
+Try:
+  curl -s -X POST --data-binary @{sample.relative_to(PROJECT_ROOT) if sample else 'IMAGE'} \\
+       -H 'Content-Type: image/png' {HTTP_URL}/v1/models/shapes-detector/predict
+  .venv/bin/visionray predict {sample.relative_to(PROJECT_ROOT) if sample else 'IMAGE'} --model shapes-detector
+""")
+    if sample:
+        step("sample request")
+        from serve.cli import main as cli
+
+        cli(["predict", str(sample), "--model", "shapes-detector"])
+    return 0
+
+
+def down(quiet: bool = False) -> int:
+    if not STATE_FILE.is_file():
+        if not quiet:
+            print("visionray is not running (no .data/platform.json)")
+        return 0
+    state = json.loads(STATE_FILE.read_text())
+    pgid = state["pgid"]
+    if not quiet:
+        step(f"stopping the Ray head process group {pgid}")
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            continue
+        break
+    STATE_FILE.unlink(missing_ok=True)
+    shutil.rmtree(Path(state["temp_dir"]) / "sockets", ignore_errors=True)
+    if not quiet:
+        print("stopped")
+    return 0
+
+
+def status() -> int:
+    state = _state()
+    if not state:
+        print("visionray is not running")
+        return 1
+    print(f"Ray head: running (process group {state['pgid']}, {state['gcs_address']}), dashboard {state['dashboard']}")
+    try:
+        with urllib.request.urlopen(f"{HTTP_URL}/readyz", timeout=5) as r:
+            print(f"readyz: {r.status} {r.read().decode()}")
+    except urllib.error.HTTPError as err:
+        print(f"readyz: {err.code} {err.read().decode()}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"readyz: unreachable ({exc})")
+    return 0
