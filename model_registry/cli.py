@@ -64,7 +64,7 @@ def add_models_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("path", help="the .onnx file")
     p.add_argument("--name", required=True, help="registered model name")
     p.add_argument("--task", choices=("detect", "classify"), help="default: from the file's metadata or output shape")
-    p.add_argument("--preset", choices=PRESETS, help="preprocessing preset (default: letterbox for detect, else imagenet)")
+    p.add_argument("--preset", choices=PRESETS, help="preprocessing (default: letterbox for detect, else imagenet)")
     p.add_argument("--labels", metavar="FILE", help="labels file: one per line, or JSON (default: names in the file)")
     p.add_argument("--alias", help="also point this alias at the new version (e.g. staging)")
     p.set_defaults(handler=_register)
@@ -100,11 +100,9 @@ def _aliases_text(aliases: dict[str, str] | list[str]) -> str:
 
 
 def _version_line(v: VersionInfo) -> str:
-    t = v.tags
-    return (
-        f"{v.name} version {v.version}: {t.get(registry.TAG_TASK, '?')}, {t.get(registry.TAG_LABELS_COUNT, '?')} labels, "
-        f"batch_invariant={t.get(registry.TAG_BATCH_INVARIANT, '?')}, sha256 {t.get(registry.TAG_SHA256, '?')[:12]}"
-    )
+    task, labels = v.tags.get(registry.TAG_TASK, "?"), v.tags.get(registry.TAG_LABELS_COUNT, "?")
+    invariant, sha256 = v.tags.get(registry.TAG_BATCH_INVARIANT, "?"), v.tags.get(registry.TAG_SHA256, "?")
+    return f"{v.name} version {v.version}: {task}, {labels} labels, batch_invariant={invariant}, sha256 {sha256[:12]}"
 
 
 def _register(args: argparse.Namespace) -> None:

@@ -39,7 +39,13 @@ import onnx
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from onnx.external_data_helper import uses_external_data
 
 from deployments.model_spec import ModelSpec, Preprocessing, SpecError, Task, check_output_shape, spec_from_onnx
 from deployments.onnx_backend import OnnxModel, sample_images
@@ -91,8 +97,16 @@ def default_tracking_uri(data_dir: str | Path | None = None) -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None, data_dir: str | Path | None = None) -> str:
-    """The one place that decides the registry URI: explicit, else $MLFLOW_TRACKING_URI, else embedded."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(data_dir)
+    """The one place that decides the registry URI (and the only reader of $MLFLOW_TRACKING_URI).
+
+    An explicit URI wins; an explicit data dir means its embedded registry; otherwise
+    $MLFLOW_TRACKING_URI if set, else the embedded registry in the project's data dir.
+    """
+    if tracking_uri:
+        return tracking_uri
+    if data_dir is None and (from_env := os.environ.get("MLFLOW_TRACKING_URI")):
+        return from_env
+    return default_tracking_uri(data_dir)
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
@@ -150,11 +164,12 @@ class VersionInfo:
     source: str
 
     @classmethod
-    def from_mlflow(cls, mv: ModelVersion) -> VersionInfo:
+    def from_mlflow(cls, mv: ModelVersion, aliases: list[str] | None = None) -> VersionInfo:
+        """`aliases` overrides mv.aliases, which version searches leave empty."""
         return cls(
             name=mv.name,
             version=str(mv.version),
-            aliases=sorted(mv.aliases or []),
+            aliases=sorted(mv.aliases or [] if aliases is None else aliases),
             tags=dict(mv.tags or {}),
             created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
             source=mv.source,
@@ -221,6 +236,7 @@ def validate_model_file(
 
 
 def _version_tags(path: Path, spec: ModelSpec, model: OnnxModel) -> dict[str, str]:
+    """All tags but the sha256, which is taken from the file as stored."""
     return {
         TAG_TASK: spec.task,
         TAG_SPEC: spec.model_dump_json(),
@@ -228,11 +244,26 @@ def _version_tags(path: Path, spec: ModelSpec, model: OnnxModel) -> dict[str, st
         TAG_LABELS_COUNT: str(len(spec.labels)),
         TAG_INPUT_SHAPE: json.dumps(spec.input_shape),
         TAG_OUTPUT_SHAPE: json.dumps(spec.output_shape),
-        TAG_SHA256: file_sha256(path),
         TAG_SOURCE_FILE: path.name,
         TAG_BATCH_INVARIANT: "true" if model.batch_invariant else "false",
         TAG_BATCH_MODE: model.batch_mode,
     }
+
+
+def _write_flavor_dir(path: Path, out_dir: Path) -> Path:
+    """MLflow's ONNX flavor layout (MLmodel, model.onnx, env files); `mlflow.onnx.load_model` reads it.
+
+    A self-contained file is stored byte for byte, so its sha256 is the original file's.
+    Weights kept in side files (ONNX external data) are embedded: the cache holds one file.
+    """
+    header = onnx.load(str(path), load_external_data=False)
+    self_contained = not any(uses_external_data(t) for t in header.graph.initializer)
+    flavor_dir = out_dir / "model"
+    model = header if self_contained else onnx.load(str(path))
+    mlflow.onnx.save_model(model, str(flavor_dir), save_as_external_data=False)
+    if self_contained:
+        shutil.copyfile(path, flavor_dir / MODEL_FILENAME)
+    return flavor_dir
 
 
 def register(
@@ -253,18 +284,18 @@ def register(
     tags = _version_tags(path, spec, model)
     del model  # frees the sessions before the upload
 
-    client = _client(tracking_uri)
-    experiment_id = _registry_experiment_id(client)
-    logged = client.create_logged_model(experiment_id, name=name, tags={TAG_SOURCE_FILE: path.name})
-    try:
-        with tempfile.TemporaryDirectory(prefix="visionray-register-") as tmp:
-            flavor_dir = Path(tmp) / "model"
-            # The ONNX flavor layout (MLmodel + model.onnx): `mlflow.onnx.load_model` works on it too.
-            mlflow.onnx.save_model(onnx.load(str(path)), str(flavor_dir), save_as_external_data=False)
+    with tempfile.TemporaryDirectory(prefix="visionray-register-") as tmp:
+        flavor_dir = _write_flavor_dir(path, Path(tmp))
+        tags[TAG_SHA256] = file_sha256(flavor_dir / MODEL_FILENAME)
+        # First registry write: everything above was local.
+        client = _client(tracking_uri)
+        experiment_id = _registry_experiment_id(client)
+        logged = client.create_logged_model(experiment_id, name=name, tags={TAG_SOURCE_FILE: path.name})
+        try:
             client.log_model_artifacts(logged.model_id, str(flavor_dir))
-    except BaseException:
-        client.finalize_logged_model(logged.model_id, "FAILED")
-        raise
+        except BaseException:
+            client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
     client.finalize_logged_model(logged.model_id, "READY")
 
     try:
@@ -272,9 +303,11 @@ def register(
     except MlflowException as exc:
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-    # source = the concrete artifact location, and no model_id: for `models:/m-…` sources and
-    # model ids the sqlite store looks the logged model up through the *global* tracking URI.
-    mv = client.create_model_version(name, source=logged.artifact_location, tags=tags)
+    # source = the concrete artifact location. An `mlflow server` accepts that only with the
+    # logged model's id; a local sqlite store given an id looks the model up through the
+    # *global* tracking URI (maybe another database), so there the id is left out.
+    model_id = None if _sqlite_path(client.tracking_uri) else logged.model_id
+    mv = client.create_model_version(name, source=logged.artifact_location, model_id=model_id, tags=tags)
     if alias:
         promote(name, mv.version, alias, tracking_uri=client.tracking_uri)
         mv = client.get_model_version(name, mv.version)
@@ -286,8 +319,8 @@ def _history_tag(alias: str) -> str:
     return f"{ALIAS_HISTORY_TAG_PREFIX}{alias}"
 
 
-def _alias_history(client: MlflowClient, name: str, alias: str) -> list[int]:
-    """The alias's recorded history, reconciled with where the alias points now.
+def _alias_history(client: MlflowClient, name: str, alias: str) -> tuple[list[int], str | None]:
+    """The alias's recorded history reconciled with where it points now, and that version (None: unset).
 
     If someone moved the alias outside this module, its current version is appended, so
     rollback still goes back from what is actually live.
@@ -302,7 +335,7 @@ def _alias_history(client: MlflowClient, name: str, alias: str) -> list[int]:
     current = model.aliases.get(alias)
     if current is not None and (not history or history[-1] != int(current)):
         history.append(int(current))
-    return history
+    return history, current
 
 
 def _save_history(client: MlflowClient, name: str, alias: str, history: list[int]) -> None:
@@ -312,9 +345,9 @@ def _save_history(client: MlflowClient, name: str, alias: str, history: list[int
 def promote(name: str, version: str | int, alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None) -> VersionInfo:
     """Point `alias` at `version` and remember where it pointed before."""
     client = _client(tracking_uri)
-    history = _alias_history(client, name, alias)
+    history, current = _alias_history(client, name, alias)
     mv = _model_version(client, name, version)
-    if not history or history[-1] != int(mv.version):
+    if current is None or int(current) != int(mv.version):
         client.set_registered_model_alias(name, alias, mv.version)
         history.append(int(mv.version))
         _save_history(client, name, alias, history)
@@ -324,8 +357,8 @@ def promote(name: str, version: str | int, alias: str = DEFAULT_ALIAS, tracking_
 def rollback(name: str, alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None) -> VersionInfo:
     """Point `alias` back at the version it pointed at before the last promotion."""
     client = _client(tracking_uri)
-    history = _alias_history(client, name, alias)
-    if not history:
+    history, current = _alias_history(client, name, alias)
+    if current is None:
         raise RegistryError(f"alias {alias!r} of model {name!r} is not set; nothing to roll back")
     history.pop()  # the current version
     while history:
@@ -349,8 +382,9 @@ def resolve_alias(name: str, alias: str = DEFAULT_ALIAS, tracking_uri: str | Non
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_missing(exc):
-            raise RegistryError(f"model {name!r} has no alias {alias!r}") from None
+        # A missing model is RESOURCE_DOES_NOT_EXIST, a missing alias INVALID_PARAMETER_VALUE.
+        if _is_missing(exc) or exc.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE):
+            raise RegistryError(f"model {name!r} has no alias {alias!r} ({exc.message})") from None
         raise
     return str(mv.version), dict(mv.tags or {})
 
@@ -387,15 +421,15 @@ def show(name: str, tracking_uri: str | None = None) -> ModelDetails:
         raise
     history = {
         key[len(ALIAS_HISTORY_TAG_PREFIX):]: json.loads(value)
-        for key, value in model.tags.items()
+        for key, value in sorted(model.tags.items())
         if key.startswith(ALIAS_HISTORY_TAG_PREFIX)
     }
-    return ModelDetails(
-        name=model.name,
-        aliases={a: str(v) for a, v in sorted(model.aliases.items())},
-        alias_history=history,
-        versions=[VersionInfo.from_mlflow(mv) for mv in _versions_newest_first(client, name)],
-    )
+    aliases = {a: str(v) for a, v in sorted(model.aliases.items())}
+    versions = [
+        VersionInfo.from_mlflow(mv, aliases=[a for a, v in aliases.items() if v == str(mv.version)])
+        for mv in _versions_newest_first(client, name)
+    ]
+    return ModelDetails(name=model.name, aliases=aliases, alias_history=history, versions=versions)
 
 
 # -- per-node cache -----------------------------------------------------------------------
@@ -436,6 +470,8 @@ def download_version(
         client = _client(tracking_uri)
         expected_sha256 = _model_version(client, name, version).tags.get(TAG_SHA256)
         download_uri = client.get_model_version_download_uri(name, version)
+        for stale in model_cache.glob(f".{version}.download-*"):  # left by a killed process; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.download-", dir=model_cache))
         try:
             local = Path(

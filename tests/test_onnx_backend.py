@@ -6,12 +6,19 @@ from deployments.image_codec import decode_image
 from deployments.model_spec import spec_from_onnx
 from deployments.onnx_backend import OnnxModel, make_batch_dynamic, resolve_providers, sample_images
 from deployments.postprocess import postprocess
-from deployments.preprocessing import prepare_image
 from deployments.postprocessing import yolo_candidates
+from deployments.preprocessing import prepare_image
 from model_registry.source import ResolvedModel
 from serve.http_api import PredictParams
-from tests.models import BUS_JPG, YOLO_DYNAMIC, YOLO_QDQ, assert_bus_detections, color_classifier, needs_shared_models
-from tests.models import solid_image
+from tests.models import (
+    BUS_JPG,
+    YOLO_DYNAMIC,
+    YOLO_QDQ,
+    assert_bus_detections,
+    color_classifier,
+    needs_shared_models,
+    solid_image,
+)
 
 PARAMS = PredictParams(conf=0.25, iou=0.45, max_det=300, top_k=3)
 

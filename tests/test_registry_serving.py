@@ -37,7 +37,10 @@ def four_class_classifier(path: Path) -> Path:
 def raw_version(uri: str, name: str, onnx_path: Path) -> str:
     """A version created straight through MLflow, skipping visionray's validation."""
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.get_experiment_by_name("raw") or client.get_experiment(client.create_experiment("raw"))
+    # Artifacts beside the model file, never in the working directory.
+    location = None if uri.startswith("http") else (onnx_path.parent / "raw-artifacts").as_uri()
+    exp = client.get_experiment_by_name("raw") or client.get_experiment(
+        client.create_experiment("raw", artifact_location=location))
     run = client.create_run(exp.experiment_id)
     staged = onnx_path.parent / f"raw-{onnx_path.stem}"
     staged.mkdir(exist_ok=True)
@@ -145,11 +148,11 @@ def test_promotion_and_rollback_under_load_fail_no_request(served):
     registry.promote("colors", served["v2"], "production", tracking_uri=served["uri"])
     t_switch = time.monotonic()
     switch_s = wait_for_version(url, served["v2"])
-    time.sleep(1.0)
+    time.sleep(3.0)
     registry.rollback("colors", "production", tracking_uri=served["uri"])
     t_back = time.monotonic()
     back_s = wait_for_version(url, served["v1"])
-    time.sleep(1.0)
+    time.sleep(3.0)
     results = load.finish()
     _assert_consistent(results, served)
     assert switch_s < POLL_S + 10 and back_s < POLL_S + 10
