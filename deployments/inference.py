@@ -99,10 +99,11 @@ class Inference:
         cfg = PipelineConfig.model_validate(config)
         self._backend = BackendSettings(**cfg.backend.model_dump())
         self._batching = BatchingConfig()
-        self.versions = LoadedVersions(make_source(cfg), self._build, cfg.registry.keep_versions)
+        source = make_source(cfg)
+        self.versions = LoadedVersions(source, self._build, cfg.registry.keep_versions)
         # Load and warm what serves now before this replica reports healthy.
         try:
-            catalog = make_source(cfg).poll()
+            catalog = source.poll()
         except Exception as exc:  # noqa: BLE001 - no catalog yet: load on demand later
             log.warning("could not read the model catalog at start: %s", exc)
             catalog = {}
