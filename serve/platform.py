@@ -165,7 +165,7 @@ def up() -> int:
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    sample = next(iter(sorted(SAMPLE.glob("detect*"))), None)
+    sample = next(iter(sorted(SAMPLE.glob("shapes_*.jpg"))), None)
     print(f"""
 visionray is up.
   API        {HTTP_URL}/v1/models
@@ -175,7 +175,7 @@ visionray is up.
 
 Try:
   curl -s -X POST --data-binary @{sample.relative_to(PROJECT_ROOT) if sample else 'IMAGE'} \\
-       -H 'Content-Type: image/png' {HTTP_URL}/v1/models/shapes-detector/predict
+       -H 'Content-Type: image/jpeg' {HTTP_URL}/v1/models/shapes-detector/predict
   .venv/bin/visionray predict {sample.relative_to(PROJECT_ROOT) if sample else 'IMAGE'} --model shapes-detector
 """)
     if sample:
