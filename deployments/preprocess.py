@@ -109,11 +109,10 @@ class Preprocess:
 
     async def predict(self, request: Request, rid: str, name: str) -> Response:
         t0 = time.perf_counter()
-        query = request.query_params
-        alias = query.get("alias") or self.serving_alias
+        alias = request.query_params.get("alias") or self.serving_alias
         resolved = self._serving(name, alias)  # read once: this request's version, end to end
         spec = resolved.spec
-        params = predict_params(query, spec, len(spec.labels))
+        params = predict_params(request.query_params, spec, len(spec.labels))
         body = await read_body(request, self.cfg.max_body_bytes)
         data = image_bytes(request.headers.get("content-type"), body)
         # cv2 releases the GIL: decoding off the event loop lets requests overlap.

@@ -319,18 +319,22 @@ def _history_tag(alias: str) -> str:
     return f"{ALIAS_HISTORY_TAG_PREFIX}{alias}"
 
 
+def _registered_model(client: MlflowClient, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise RegistryError(f"no registered model named {name!r}") from None
+        raise
+
+
 def _alias_history(client: MlflowClient, name: str, alias: str) -> tuple[list[int], str | None]:
     """The alias's recorded history reconciled with where it points now, and that version (None: unset).
 
     If someone moved the alias outside this module, its current version is appended, so
     rollback still goes back from what is actually live.
     """
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if _is_missing(exc):
-            raise RegistryError(f"no registered model named {name!r}") from None
-        raise
+    model = _registered_model(client, name)
     history = [int(v) for v in json.loads(model.tags.get(_history_tag(alias), "[]"))]
     current = model.aliases.get(alias)
     if current is not None and (not history or history[-1] != int(current)):
@@ -413,12 +417,7 @@ def list_models(tracking_uri: str | None = None) -> list[ModelSummary]:
 
 def show(name: str, tracking_uri: str | None = None) -> ModelDetails:
     client = _client(tracking_uri)
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if _is_missing(exc):
-            raise RegistryError(f"no registered model named {name!r}") from None
-        raise
+    model = _registered_model(client, name)
     history = {
         key[len(ALIAS_HISTORY_TAG_PREFIX):]: json.loads(value)
         for key, value in sorted(model.tags.items())

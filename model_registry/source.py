@@ -64,7 +64,7 @@ class LocalFileSource:
     def __init__(self, entries, alias: str = "production"):
         self._entries = {e.name: e for e in entries}
         self._alias = alias
-        self._versions: dict[str, str] = {}
+        self._hashes: dict[tuple, str] = {}  # (path, mtime, size) -> version: no rehash per poll
 
     def _path(self, name: str) -> Path:
         return (PROJECT_ROOT / Path(self._entries[name].path).expanduser()).resolve()
@@ -74,15 +74,22 @@ class LocalFileSource:
         for name in self._entries:
             path = self._path(name)
             # A missing file still "serves" so that fetch reports why it cannot load.
-            out[name] = file_sha256(path)[:12] if path.is_file() else "missing"
+            out[name] = self._version(path) if path.is_file() else "missing"
         return {self._alias: out}
+
+    def _version(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(path)[:12]
+        return self._hashes[key]
 
     def fetch(self, name: str, version: str) -> ResolvedModel:
         e = self._entries[name]
         path = self._path(name)
         if not path.is_file():
             raise FileNotFoundError(f"model {name!r}: no ONNX file at {path}")
-        actual = file_sha256(path)[:12]
+        actual = self._version(path)
         if actual != version:
             raise LookupError(f"model {name!r}: file {path} is version {actual}, not {version}")
         labels = e.labels or (read_labels_file(e.labels_file) if e.labels_file else None)

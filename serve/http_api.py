@@ -79,7 +79,6 @@ class PredictParams:
     iou: float
     max_det: int
     top_k: int
-    alias: str | None = None
 
 
 def _number(query, name: str, kind, default, lo, hi, lo_open: bool = False):
@@ -103,7 +102,6 @@ def predict_params(query, defaults, n_classes: int) -> PredictParams:
         iou=_number(query, "iou", float, defaults.iou, 0.0, 1.0),
         max_det=_number(query, "max_det", int, defaults.max_det, 1, 10_000),
         top_k=_number(query, "top_k", int, min(defaults.top_k, n_classes), 1, max(n_classes, 1)),
-        alias=query.get("alias") or None,
     )
 
 
