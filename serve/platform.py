@@ -27,7 +27,8 @@ STATE_FILE = DATA_DIR / "platform.json"
 LOG_DIR = DATA_DIR / "logs"
 CONFIG_YAML = PROJECT_ROOT / "serve" / "config.yaml"
 DASHBOARD_PORT = 8265
-HTTP_URL = "http://127.0.0.1:8000"
+HTTP_PORT = 8000  # serve/config.yaml's http_options.port
+HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 DEMO_MODELS = {
     "shapes-detector": PROJECT_ROOT / "demo_models" / "detector.onnx",
     "shapes-classifier": PROJECT_ROOT / "demo_models" / "classifier.onnx",
@@ -35,8 +36,13 @@ DEMO_MODELS = {
 SAMPLE = PROJECT_ROOT / "demo_models" / "samples"
 
 
+# Ray's logs, object spilling, the MLflow store and the model cache all live under .data/.
+MIN_FREE_DISK_BYTES = 1 << 30
+
+
 class StepFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, log: Path | str | None = None):
+        super().__init__(f"{message}; see {log}" if log else message)
 
 
 def step(message: str) -> None:
@@ -75,14 +81,51 @@ def _http_answers(url: str, timeout: float = 3) -> bool:
         return False
 
 
-def _wait(predicate, timeout_s: float, what: str, log: Path | None = None) -> None:
+def _wait(predicate, timeout_s: float, what: str, log: Path | str | None = None, alive=lambda: True) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
+        if not alive():
+            raise StepFailed(f"{what} exited while starting", log)
         time.sleep(1)
-    hint = f"; see {log}" if log else ""
-    raise StepFailed(f"{what} not ready after {timeout_s:.0f}s{hint}")
+    raise StepFailed(f"{what} not ready after {timeout_s:.0f}s", log)
+
+
+def _free_port(preferred: int) -> int:
+    port = preferred
+    while not _port_free(port):
+        port += 1
+    return port
+
+
+def _is_ray_dashboard(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=3) as r:
+            return "ray_version" in json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code == 401  # a Ray dashboard behind token auth
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _check_disk() -> None:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(DATA_DIR).free
+    if free < MIN_FREE_DISK_BYTES:
+        raise StepFailed(f"only {free >> 20} MiB free on the disk of {DATA_DIR}; visionray needs at least "
+                         f"{MIN_FREE_DISK_BYTES >> 20} MiB there (Ray logs and spilling, registry, model cache)")
+
+
+def _check_ports() -> None:
+    if not _port_free(DASHBOARD_PORT) and _is_ray_dashboard(DASHBOARD_PORT):
+        raise StepFailed(f"another Ray cluster, not started by `visionray up`, has its dashboard on port "
+                         f"{DASHBOARD_PORT}; stop it the way it was started (visionray never stops other "
+                         f"clusters) or free the port")
+    for port, what in ((HTTP_PORT, "HTTP"), (DASHBOARD_PORT, "Ray dashboard")):
+        if not _port_free(port):
+            raise StepFailed(f"port {port} ({what}) is in use by another program (`ss -ltnp 'sport = :{port}'` "
+                             f"shows which); stop it or free the port")
 
 
 def _state() -> dict | None:
@@ -97,12 +140,13 @@ def _state() -> dict | None:
 
 
 def _start_ray() -> dict:
-    for port, what in ((8000, "HTTP"), (DASHBOARD_PORT, "Ray dashboard")):
-        if not _port_free(port):
-            raise StepFailed(f"port {port} ({what}) is in use by another program; stop it or free the port")
-    gcs_port = 6380
-    while not _port_free(gcs_port):
-        gcs_port += 1
+    _check_disk()
+    _check_ports()
+    # Ports of our own, so that another Ray on this machine (on its defaults 6379, 10001, 52365)
+    # neither blocks this head nor is disturbed by it.
+    gcs_port = _free_port(6380)
+    client_port = _free_port(10011)
+    agent_port = _free_port(52375)
     temp_dir = DATA_DIR / "ray"
     temp_dir.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -110,6 +154,7 @@ def _start_ray() -> dict:
     command = [
         _bin("ray"), "start", "--head", "--block", f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
+        f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     with open(log, "ab") as out:
@@ -119,8 +164,8 @@ def _start_ray() -> dict:
              "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "started": time.time()}
     STATE_FILE.write_text(json.dumps(state, indent=2))
     try:
-        _wait(lambda: proc.poll() is None and _http_answers(f"{state['dashboard']}/api/version"), 120,
-              "Ray head and dashboard", log)
+        _wait(lambda: _http_answers(f"{state['dashboard']}/api/version"), 120, "the Ray head and dashboard",
+              log, alive=lambda: proc.poll() is None)
     except StepFailed:
         down(quiet=True)
         raise
@@ -136,8 +181,11 @@ def _register_demo_models() -> None:
             print(f"    {name}: already registered (production -> v{present[name].aliases['production']})")
             continue
         if not path.is_file():
-            raise StepFailed(f"demo model {path} is missing")
-        info = registry.register(path, name=name, alias="production")
+            raise StepFailed(f"demo model {path} is missing (restore it with git, or retrain: demo_models/README.md)")
+        try:
+            info = registry.register(path, name=name, alias="production")
+        except Exception as exc:  # noqa: BLE001 - any registry failure stops `up` with its reason
+            raise StepFailed(f"registering {name} failed: {exc}", registry.default_tracking_uri()) from exc
         print(f"    {name}: registered v{info.version}, alias production")
 
 
@@ -159,7 +207,7 @@ def up() -> int:
             rc = subprocess.call([_bin("serve"), "deploy", str(CONFIG_YAML), "-a", state["dashboard"]],
                                  stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
         if rc != 0:
-            raise StepFailed(f"serve deploy failed (exit {rc}); see {log}")
+            raise StepFailed(f"serve deploy failed (exit {rc})", log)
         step("waiting for every model to be loaded and warmed (/readyz)")
         _wait(lambda: _http_ok(f"{HTTP_URL}/readyz"), 300, "the app", state["temp_dir"] + "/session_latest/logs")
     except StepFailed as exc:
