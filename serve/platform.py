@@ -92,10 +92,10 @@ def _wait(predicate, timeout_s: float, what: str, log: Path | str | None = None,
     raise StepFailed(f"{what} not ready after {timeout_s:.0f}s", log)
 
 
-def _free_port(preferred: int) -> int:
+def _free_port(preferred: int, step: int = 1) -> int:
     port = preferred
     while not _port_free(port):
-        port += 1
+        port += step
     return port
 
 
@@ -145,7 +145,7 @@ def _start_ray() -> dict:
     # Ports of our own, so that another Ray on this machine (on its defaults 6379, 10001, 52365)
     # neither blocks this head nor is disturbed by it.
     gcs_port = _free_port(6380)
-    client_port = _free_port(10011)
+    client_port = _free_port(10001, step=-1)  # below Ray's worker port range (10002-19999)
     agent_port = _free_port(52375)
     temp_dir = DATA_DIR / "ray"
     temp_dir.mkdir(parents=True, exist_ok=True)
