@@ -119,9 +119,9 @@ def _check_disk() -> None:
 
 def _check_ports() -> None:
     if not _port_free(DASHBOARD_PORT) and _is_ray_dashboard(DASHBOARD_PORT):
-        raise StepFailed(f"another Ray cluster, not started by `visionray up`, has its dashboard on port "
-                         f"{DASHBOARD_PORT}; stop it the way it was started (visionray never stops other "
-                         f"clusters) or free the port")
+        raise StepFailed(f"another Ray cluster (not the one this checkout's `visionray up` started) has its "
+                         f"dashboard on port {DASHBOARD_PORT}; stop it the way it was started (visionray never "
+                         f"stops other clusters) or free the port")
     for port, what in ((HTTP_PORT, "HTTP"), (DASHBOARD_PORT, "Ray dashboard")):
         if not _port_free(port):
             raise StepFailed(f"port {port} ({what}) is in use by another program (`ss -ltnp 'sport = :{port}'` "

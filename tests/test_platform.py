@@ -74,7 +74,7 @@ def test_up_names_another_ray_cluster_on_the_dashboard_port(isolated, capsys):
         server.shutdown()
         server.server_close()
     err = capsys.readouterr().err
-    assert "another Ray cluster, not started by `visionray up`" in err
+    assert "another Ray cluster (not the one this checkout's `visionray up` started)" in err
     assert str(platform.DASHBOARD_PORT) in err
 
 
