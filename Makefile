@@ -36,3 +36,9 @@ down:
 
 status:
 	@$(BIN)/visionray status
+
+# The benchmark: in-process limit vs served, one table (load_tests/bench.py; ARGS="--autoscale" etc.).
+.PHONY: bench
+bench: $(STAMP)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[cpu,test,bench]"
+	$(BIN)/python -m load_tests.bench $(ARGS)

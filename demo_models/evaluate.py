@@ -191,25 +191,10 @@ def evaluate_classifier(predict_fn: PredictFn, n_images: int = 200, seed: int = 
 
 def onnx_predict_fn(path: str | Path = DETECTOR_PATH, intra_op_threads: int = 2) -> PredictFn:
     """bytes -> the service's result for one image, via the same functions the Serve stages call."""
-    from deployments.image_codec import decode_image
-    from deployments.model_spec import spec_from_onnx
-    from deployments.onnx_backend import BackendSettings, OnnxModel
-    from deployments.postprocessing import detections, softmax, top_k, yolo_candidates
-    from deployments.preprocessing import prepare_image
+    from deployments.local_pipeline import LocalPipeline
+    from deployments.onnx_backend import BackendSettings
 
-    spec = spec_from_onnx(path)
-    model = OnnxModel(path, spec, BackendSettings(intra_op_threads=intra_op_threads))
-
-    def predict(data: bytes) -> dict:
-        img, meta = prepare_image(decode_image(data), spec.preprocessing)
-        out = model.run([img])[0]
-        if spec.task == "detect":
-            cands = yolo_candidates(out, spec.conf)
-            return {"detections": detections(cands, meta, spec.labels, spec.conf, spec.iou, spec.max_det)}
-        probs = out if model.outputs_probabilities else softmax(out)
-        return {"classes": top_k(probs, spec.top_k, spec.labels)}
-
-    return predict
+    return LocalPipeline(path, BackendSettings(intra_op_threads=intra_op_threads))
 
 
 def main(argv: list[str] | None = None) -> None:

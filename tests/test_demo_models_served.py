@@ -1,4 +1,5 @@
-"""The shipped demo models' quality measured where users meet them: the served HTTP API.
+"""The shipped demo models where users meet them: quality over the served HTTP API, and a
+short smoke run of the locust scenarios (the full load runs live in load_tests/).
 
 Fresh held-out images are generated, encoded and POSTed to the deployed pipeline (the
 shipped serve/config.yaml application, serving demo_models/*.onnx); the metrics are
@@ -6,6 +7,11 @@ computed from the JSON answers. Needs nothing from ../shared.
 """
 
 from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,6 +24,7 @@ MIN_MAP50 = 0.90
 MIN_TOP1 = 0.95
 # Not a seed the models were trained or tuned on: the generator's eval split is never trained on.
 HELD_OUT_SEED = 7
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "load_tests" / "locustfile.py"
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +62,19 @@ def test_classifier_quality_over_http(demo_api):
     predict = http_predict_fn(demo_api, "shapes-classifier", "image/jpeg")
     report = evaluate.classification_report(predict, n_images=200, seed=HELD_OUT_SEED, ext=".jpg")
     assert report["top1"] >= MIN_TOP1, report
+
+
+def test_locust_smoke_run_has_no_failures(demo_api, tmp_path):
+    """The load-test scenarios themselves, briefly: both user classes, a mix of images, zero failures."""
+    pytest.importorskip("locust", reason="locust needs Python >= 3.11")
+    prefix = tmp_path / "smoke"
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "Detect", "Classify", "--headless",
+               "-u", "4", "-r", "4", "-t", "8s", "-H", demo_api, "--csv", str(prefix),
+               "--only-summary", "--exit-code-on-error", "1"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert int(rows["detect shapes-detector"]["Request Count"]) > 0
+    assert int(rows["classify shapes-classifier"]["Request Count"]) > 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
