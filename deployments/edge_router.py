@@ -17,10 +17,13 @@ to Jetsons (`request_router_config.request_router_class` in serve/edge.yaml):
 
 from __future__ import annotations
 
+import logging
 import random
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.exceptions import BackPressureError
+
+log = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = 5.0
 
@@ -35,6 +38,10 @@ class NoReplicaRunning(BackPressureError):
 
 
 class EdgeRouter(PowerOfTwoChoicesRequestRouter):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        log.info("EdgeRouter for %s on node %s", self._deployment_id, self._self_node_id)
+
     async def choose_replicas(self, candidate_replicas, pending_request=None):
         local = [r for r in candidate_replicas if r.node_id == self._self_node_id]
         if not local:
@@ -46,5 +53,6 @@ class EdgeRouter(PowerOfTwoChoicesRequestRouter):
     async def _choose_replica_for_request(self, pending_request, *, is_retry: bool = False):
         # Serve's (private) hook that would otherwise wait for a replica indefinitely.
         if not self.curr_replicas:
+            log.warning("no running replica of %s: answering 503", self._deployment_id)
             raise NoReplicaRunning(self._deployment_id.name)
         return await super()._choose_replica_for_request(pending_request, is_retry=is_retry)

@@ -146,13 +146,19 @@ def test_jetson_death_edge_503_datacenter_unaffected_then_recovery_offline(edge)
         # The registry goes away too: the next Jetson must serve from its device cache.
         edge["server"].stop()
 
+        seen = []
+
         def edge_answers_503():
             t0 = time.monotonic()
             r = predict(f"{edge['head']}/edge", timeout=20)
+            seen.append((r.status_code, r.text[:200]))
             assert time.monotonic() - t0 < 15, "the edge app hung instead of answering"
-            return r if r.status_code == 503 else None
+            return [r] if r.status_code == 503 else None  # a list: a 503 Response is falsy
 
-        r = wait_for(edge_answers_503, 90, "a 503 from the edge app", interval=1)
+        try:
+            [r] = wait_for(edge_answers_503, 90, "a 503 from the edge app", interval=1)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; answers seen: {seen[-3:]}") from None
         assert r.headers.get("retry-after"), r.headers
         assert "no replica" in r.text
         # While no Jetson is up, it keeps answering fast.
