@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +99,7 @@ class EdgeCluster:
     def stop(self) -> None:
         for proc in reversed(self.nodes):
             kill_tree(proc)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def start_head(log_dir: Path, http_port: int) -> EdgeCluster:
