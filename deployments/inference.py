@@ -13,6 +13,7 @@ from ray import serve
 
 from deployments.model_versions import LoadedVersions
 from deployments.onnx_backend import BackendSettings, OnnxModel
+from deployments.placement import node_id, node_info
 from deployments.postprocessing import yolo_candidates
 from model_registry.source import ResolvedModel, model_key
 from serve.settings import BatchingConfig, PipelineConfig, make_source
@@ -64,7 +65,7 @@ class BatchedModel:
         finally:
             self._idle.set()
         ms = round((time.perf_counter() - t0) * 1000, 2)
-        timings = {"inference_ms": ms, "batch_size": len(items)}
+        timings = {"inference_ms": ms, "batch_size": len(items), "node_id": node_id()}
         return [(r, timings, self.model.outputs_probabilities) for r in results]
 
     def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[np.ndarray]:
@@ -134,4 +135,5 @@ class Inference:
         return {
             "models": {key: m.status() for key, m in self.versions.items()},
             "failures": dict(self.versions.failures),
+            "node": node_info(),
         }

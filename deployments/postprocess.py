@@ -8,6 +8,7 @@ import numpy as np
 from ray import serve
 
 from deployments.model_versions import LoadedVersions
+from deployments.placement import node_id, node_info
 from deployments.postprocessing import detections, softmax, top_k
 from deployments.preprocessing import ImageMeta
 from model_registry.source import ResolvedModel
@@ -41,10 +42,12 @@ class Postprocess:
         t0 = time.perf_counter()
         resolved = await self.versions.get(key)
         output, timings, probabilities = inferred
+        timings = dict(timings)
         result = postprocess(resolved, probabilities, output, meta, params)
+        result["served_by"] = {"inference": timings.pop("node_id", None), "postprocess": node_id()}
         result["timings_ms"] = {**timings, "postprocess_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return result
 
     def status(self) -> dict:
         return {"models": {key: {"version": r.version, "state": "ready"} for key, r in self.versions.items()},
-                "failures": dict(self.versions.failures)}
+                "failures": dict(self.versions.failures), "node": node_info()}

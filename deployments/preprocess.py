@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from deployments.alias_watcher import AliasWatcher
 from deployments.image_codec import ImageDecodeError, decode_image
+from deployments.placement import local_first, node_id, node_info
 from deployments.preprocessing import prepare_image
 from model_registry.source import ResolvedModel
 from serve.http_api import (
@@ -45,8 +46,9 @@ RETRY_AFTER_S = "1"
 class Preprocess:
     async def __init__(self, config: dict, inference: DeploymentHandle, postprocess: DeploymentHandle):
         self.cfg = PipelineConfig.model_validate(config)
-        self.inference = inference
-        self.postprocess = postprocess
+        # Local first: an image stays on the node that decoded it (edge: on its Jetson).
+        self.inference = local_first(inference)
+        self.postprocess = local_first(postprocess)
         self.serving_alias = self.cfg.registry.serving_alias
         self.aliases = self.cfg.registry.aliases
         self.watcher = AliasWatcher(make_source(self.cfg), self._prepare_stages, self.cfg.registry.poll_interval_s)
@@ -105,6 +107,7 @@ class Preprocess:
         if resolved is not None:
             body["spec"] = resolved.spec.model_dump()
             body.update(await self._inference_info(resolved.key))
+        body["placement"] = await self._placement()
         return json_response(body)
 
     async def predict(self, request: Request, rid: str, name: str) -> Response:
@@ -132,6 +135,7 @@ class Preprocess:
             "task": spec.task,
             "image": {"width": meta.width, "height": meta.height},
             **result,
+            "served_by": {"preprocess": node_id(), **result.pop("served_by")},
             "timings_ms": timings,
             "request_id": rid,
         }, headers={"x-request-id": rid})
@@ -190,6 +194,16 @@ class Preprocess:
         info.pop("version", None)
         info.pop("state", None)
         return info
+
+    async def _placement(self) -> dict:
+        """The node (id, labels) of the replica of each stage that answered this call."""
+        placement = {"preprocess": node_info()}
+        for stage, handle in (("inference", self.inference), ("postprocess", self.postprocess)):
+            try:
+                placement[stage] = (await handle.status.remote())["node"]
+            except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
+                placement[stage] = {"error": str(exc)[:300]}
+        return placement
 
     def _unknown(self, name: str, alias: str | None = None) -> ApiError:
         where = f" under alias {alias!r}" if alias else ""

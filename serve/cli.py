@@ -1,4 +1,4 @@
-"""`visionray` command line: predict against a running platform, manage registry models."""
+"""`visionray` command line: predict against a running platform, manage registry models, start cluster nodes."""
 
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).set_defaults(run=lambda args, fn=fn: fn())
 
     add_models_commands(commands)
+    from cluster.cli import add_cluster_commands
+
+    add_cluster_commands(commands)
     return parser
 
 

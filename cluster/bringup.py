@@ -1,0 +1,105 @@
+"""`visionray cluster head|join`: start a Ray node with the project's labels, via `ray start`.
+
+Scale-out is more Ray nodes: these commands only build the `ray start` command line (labels,
+GPUs, resources from cluster/labels.py), make sure token auth is on, run the pre-flight
+check on a join, and then *become* `ray start` (exec), so the process the operator (or a
+systemd unit) runs is Ray's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster import labels, preflight
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+# Ray's own join check wants the same Python patch level unless told otherwise (see preflight).
+PYTHON_MATCH_ENV = "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"
+# Serve's per-node proxy port knob (worker nodes only): lets several nodes share one host in tests.
+WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
+DEFAULT_GCS_PORT = 6379
+
+
+def ray_executable() -> str:
+    """The `ray` of this very environment: the one the pre-flight check vouched for."""
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def token_source(env: dict[str, str]) -> str | None:
+    """Where this node's cluster token comes from, or None if it has none."""
+    if env.get(TOKEN_ENV):
+        return f"${TOKEN_ENV}"
+    if env.get(TOKEN_PATH_ENV) and Path(env[TOKEN_PATH_ENV]).is_file():
+        return env[TOKEN_PATH_ENV]
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def head_command(node_type: str, port: int, dashboard_host: str, dashboard_port: int,
+                 ray_args: Sequence[str] = ()) -> list[str]:
+    return [ray_executable(), "start", "--head", f"--port={port}", f"--dashboard-host={dashboard_host}",
+            f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+            *labels.ray_start_args(node_type), *ray_args]
+
+
+def join_command(address: str, node_type: str, jetson_model: str | None, jetpack: str | None,
+                 ray_args: Sequence[str] = ()) -> list[str]:
+    return [ray_executable(), "start", f"--address={address}", "--disable-usage-stats",
+            *labels.ray_start_args(node_type, jetson_model, jetpack), *ray_args]
+
+
+def head(node_type: str = labels.DATACENTER, port: int = DEFAULT_GCS_PORT, dashboard_host: str = "0.0.0.0",
+         dashboard_port: int = 8265, ray_args: Sequence[str] = (), dry_run: bool = False) -> int:
+    env = {**os.environ, AUTH_MODE_ENV: "token"}
+    if token_source(env) is None and not dry_run:
+        # Ray 2.60 would generate one too; doing it here lets us say where it is.
+        from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+        generate_and_save_token()
+    command = head_command(node_type, port, dashboard_host, dashboard_port, ray_args)
+    print(f"token auth: on; this cluster's token is {token_source(env) or '~/.ray/auth_token (to be created)'}.\n"
+          "Copy it to every node that joins (same path, or RAY_AUTH_TOKEN).\n"
+          f"join with:  visionray cluster join <this host's IP>:{port} --node-type jetson "
+          "--jetson-model orin-nano --jetpack 6.2", file=sys.stderr)
+    return _run(command, env, dry_run)
+
+
+def join(address: str, node_type: str, jetson_model: str | None = None, jetpack: str | None = None,
+         serve_http_port: int | None = None, ray_args: Sequence[str] = (), dry_run: bool = False,
+         assume_local_versions: preflight.Versions | None = None) -> int:
+    """Pre-flight, then `ray start --address`. `assume_local_versions` exists for the refusal test only."""
+    command = join_command(address, node_type, jetson_model, jetpack, ray_args)  # validates the labels first
+    env = {**os.environ, AUTH_MODE_ENV: "token"}
+    if token_source(env) is None:
+        print("error: no cluster token on this node. Copy the head's ~/.ray/auth_token to ~/.ray/auth_token here "
+              f"(or set {TOKEN_ENV} / {TOKEN_PATH_ENV}).", file=sys.stderr)
+        return 2
+    os.environ[AUTH_MODE_ENV] = "token"  # the GCS client below reads it
+    try:
+        local = assume_local_versions or preflight.local_versions()
+        warnings = preflight.check(preflight.head_versions(address), local)
+    except preflight.PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    env[PYTHON_MATCH_ENV] = "minor"
+    if serve_http_port is not None:
+        env[WORKER_PROXY_PORT_ENV] = str(serve_http_port)
+    return _run(command, env, dry_run)
+
+
+def _run(command: list[str], env: dict[str, str], dry_run: bool) -> int:
+    print("+ " + shlex.join(command), file=sys.stderr)
+    if dry_run:
+        return 0
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # become `ray start`: same pid, same process group
+    return 0  # not reached

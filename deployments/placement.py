@@ -1,0 +1,38 @@
+"""Where a replica runs: its Ray node id and labels, and local-first handles.
+
+Edge pipelines must process a request on the node that received it; each stage reports its
+node so that placement is visible (`GET /v1/models/{name}`) and provable per request.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ray.serve.handle import DeploymentHandle
+
+
+@lru_cache(maxsize=1)
+def node_info() -> dict:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    labels = {k: v for k, v in ctx.get_node_labels().items() if not k.startswith("ray.io/")}
+    return {"node_id": ctx.get_node_id(), "labels": labels}
+
+
+def node_id() -> str:
+    return node_info()["node_id"]
+
+
+def local_first(handle: DeploymentHandle) -> DeploymentHandle:
+    """Route this handle's calls to replicas on this node when there is one with capacity.
+
+    Serve's proxy already prefers its own node; handles created in replicas do not by
+    default. Local first keeps an image on the node that decoded it (no network copy; on a
+    Jetson, never off the device while that device has the stage).
+    """
+    try:
+        handle._init(_prefer_local_routing=True)
+    except RuntimeError:  # already initialized (e.g. reused): keep its options
+        pass
+    return handle
