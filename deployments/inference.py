@@ -32,7 +32,9 @@ class BatchedModel:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{resolved.name}")
         self.batch_sizes: Counter[int] = Counter()
         self._warmed = 0
-        self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0)
+        # Items are groups of images; a batch counts images.
+        self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0,
+                                  batch_size_fn=lambda groups: sum(len(images) for images, _ in groups))
         # Ray Serve forms the next batch as soon as its wait timeout ends, even while the
         # previous batch still holds the model, so under load batches would stay at size 1.
         # Holding arrivals until the model is free lets them form one batch together;
@@ -52,28 +54,40 @@ class BatchedModel:
         self.max_batch_size = size
         self.batch_wait_timeout_s = batching.batch_wait_timeout_s
 
-    async def infer(self, image: np.ndarray, conf: float):
+    async def infer(self, images: list[np.ndarray], confs: list[float]) -> tuple[list, dict, bool]:
+        """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities)."""
+        step = self.max_batch_size
+        chunks = [(images[i:i + step], confs[i:i + step]) for i in range(0, len(images), step)]
         await self._idle.wait()
-        return await self.submit((image, conf))
+        answers = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
+        outputs = [out for chunk_outputs, _ in answers for out in chunk_outputs]
+        return outputs, answers[-1][1], self.model.outputs_probabilities
 
-    async def _run_batch(self, items: list[tuple[np.ndarray, float]]) -> list:
-        self.batch_sizes[len(items)] += 1
+    async def _run_batch(self, groups: list[tuple[list[np.ndarray], list[float]]]) -> list:
+        """Groups from several callers run as one model batch."""
+        images = [img for group_images, _ in groups for img in group_images]
+        confs = [conf for _, group_confs in groups for conf in group_confs]
+        self.batch_sizes[len(images)] += 1
         self._idle.clear()
         t0 = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, items)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, images, confs)
         finally:
             self._idle.set()
         ms = round((time.perf_counter() - t0) * 1000, 2)
-        timings = {"inference_ms": ms, "batch_size": len(items), "node_id": node_id()}
-        return [(r, timings, self.model.outputs_probabilities) for r in results]
+        timings = {"inference_ms": ms, "batch_size": len(images), "node_id": node_id()}
+        answers, start = [], 0
+        for group_images, _ in groups:
+            answers.append((outputs[start:start + len(group_images)], timings))
+            start += len(group_images)
+        return answers
 
-    def _infer(self, items: list[tuple[np.ndarray, float]]) -> list[np.ndarray]:
-        out = self.model.run([img for img, _ in items])
+    def _infer(self, images: list[np.ndarray], confs: list[float]) -> list[np.ndarray]:
+        out = self.model.run(images)
         if self.resolved.spec.task == "detect":
             # Ship only candidates above the request's threshold, not the raw [4+nc, N].
-            return [yolo_candidates(out[i], conf) for i, (_, conf) in enumerate(items)]
-        return [np.ascontiguousarray(out[i]) for i in range(len(items))]
+            return [yolo_candidates(out[i], conf) for i, conf in enumerate(confs)]
+        return [np.ascontiguousarray(out[i]) for i in range(len(images))]
 
     def status(self) -> dict:
         return {
@@ -127,9 +141,9 @@ class Inference:
         """Load and warm a version (idempotent); raises if it cannot serve."""
         return (await self.versions.get(key)).status()
 
-    async def __call__(self, key: str, image: np.ndarray, conf: float):
+    async def __call__(self, key: str, images: list[np.ndarray], confs: list[float]):
         model = await self.versions.get(key)
-        return await model.infer(image, conf)
+        return await model.infer(images, confs)
 
     def status(self) -> dict:
         return {

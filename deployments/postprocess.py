@@ -37,16 +37,21 @@ class Postprocess:
         resolved = await self.versions.get(key)
         return {"version": resolved.version, "state": "ready"}
 
-    async def __call__(self, key: str, inferred: tuple, meta: ImageMeta, params: PredictParams):
-        # Sub-millisecond numpy work: cheaper inline than a thread hop.
-        t0 = time.perf_counter()
+    async def __call__(self, key: str, inferred: tuple, metas: list[ImageMeta], params: list[PredictParams]):
+        """A group of inference outputs (one ingress call) -> one JSON-ready dict per image."""
         resolved = await self.versions.get(key)
-        output, timings, probabilities = inferred
+        outputs, timings, probabilities = inferred
         timings = dict(timings)
-        result = postprocess(resolved, probabilities, output, meta, params)
-        result["served_by"] = {"inference": timings.pop("node_id", None), "postprocess": node_id()}
-        result["timings_ms"] = {**timings, "postprocess_ms": round((time.perf_counter() - t0) * 1000, 2)}
-        return result
+        served_by = {"inference": timings.pop("node_id", None), "postprocess": node_id()}
+        results = []
+        for output, meta, item_params in zip(outputs, metas, params):
+            # Sub-millisecond numpy work: cheaper inline than a thread hop.
+            t0 = time.perf_counter()
+            result = postprocess(resolved, probabilities, output, meta, item_params)
+            result["served_by"] = dict(served_by)
+            result["timings_ms"] = {**timings, "postprocess_ms": round((time.perf_counter() - t0) * 1000, 2)}
+            results.append(result)
+        return results
 
     def status(self) -> dict:
         return {"models": {key: {"version": r.version, "state": "ready"} for key, r in self.versions.items()},

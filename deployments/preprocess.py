@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments.alias_watcher import AliasWatcher
+from deployments.call_grouping import CallGrouper
 from deployments.image_codec import ImageDecodeError, decode_image
 from deployments.placement import local_first, node_id, node_info
 from deployments.preprocessing import prepare_image
@@ -49,6 +50,7 @@ class Preprocess:
         # Local first: an image stays on the node that decoded it (edge: on its Jetson).
         self.inference = local_first(inference)
         self.postprocess = local_first(postprocess)
+        self.grouper = CallGrouper(self._send_group, self.cfg.max_group)
         self.serving_alias = self.cfg.registry.serving_alias
         self.aliases = self.cfg.registry.aliases
         self.watcher = AliasWatcher(make_source(self.cfg), self._prepare_stages, self.cfg.registry.poll_interval_s)
@@ -123,8 +125,7 @@ class Preprocess:
         pre_ms = (time.perf_counter() - t0) * 1000
 
         conf_floor = params.conf if spec.task == "detect" else 0.0
-        inferred = self.inference.remote(resolved.key, image, conf_floor)
-        result = await self.postprocess.remote(resolved.key, inferred, meta, params)
+        result = await self.grouper.submit(resolved.key, (image, conf_floor, meta, params))
 
         timings = {"preprocess_ms": round(pre_ms, 2), **result.pop("timings_ms")}
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
@@ -139,6 +140,12 @@ class Preprocess:
             "timings_ms": timings,
             "request_id": rid,
         }, headers={"x-request-id": rid})
+
+    async def _send_group(self, key: str, items: list) -> list[dict]:
+        """One inference call and one postprocess call for a group of requests of one version."""
+        images, confs, metas, params = (list(column) for column in zip(*items))
+        inferred = self.inference.remote(key, images, confs)
+        return await self.postprocess.remote(key, inferred, metas, params)
 
     # -- helpers --------------------------------------------------------------------------
     def _prepare(self, data: bytes, resolved: ResolvedModel):

@@ -81,6 +81,8 @@ class PipelineConfig(BaseModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # Most requests the ingress sends downstream in one call (deployments/call_grouping.py).
+    max_group: int = Field(default=8, ge=1, le=256)
 
     @field_validator("models")
     @classmethod

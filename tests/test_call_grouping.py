@@ -1,0 +1,80 @@
+"""CallGrouper with plain asyncio: grouping under load, no wait when alone, errors reach every waiter."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.call_grouping import CallGrouper
+
+
+class Downstream:
+    def __init__(self, delay_s: float = 0.02, fail_on: int | None = None):
+        self.calls: list[tuple[str, list]] = []
+        self.delay_s, self.fail_on = delay_s, fail_on
+
+    async def send(self, key: str, items: list) -> list:
+        self.calls.append((key, list(items)))
+        await asyncio.sleep(self.delay_s)
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"bad item {self.fail_on}")
+        return [f"{key}:{item}" for item in items]
+
+
+def test_a_lone_request_goes_at_once():
+    async def main():
+        down = Downstream(delay_s=0)
+        grouper = CallGrouper(down.send)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await grouper.submit("m:1", 7) == "m:1:7"
+        return loop.time() - t0, down.calls
+
+    elapsed, calls = asyncio.run(main())
+    assert calls == [("m:1", [7])]
+    assert elapsed < 0.01
+
+
+def test_concurrent_requests_share_calls_and_keep_their_own_answers():
+    async def main():
+        down = Downstream()
+        grouper = CallGrouper(down.send, max_group=4)
+        answers = await asyncio.gather(*(grouper.submit("m:1", i) for i in range(9)))
+        return answers, down.calls, grouper.group_sizes
+
+    answers, calls, sizes = asyncio.run(main())
+    assert answers == [f"m:1:{i}" for i in range(9)]
+    # All nine arrived before the first call left: groups of at most 4, one call at a time.
+    assert [len(items) for _, items in calls] == [4, 4, 1]
+    assert sizes == {4: 2, 1: 1}
+
+
+def test_keys_never_share_a_call():
+    async def main():
+        down = Downstream()
+        grouper = CallGrouper(down.send)
+        await asyncio.gather(*(grouper.submit(f"m:{i % 2}", i) for i in range(6)))
+        return down.calls
+
+    for key, items in asyncio.run(main()):
+        assert all(f"m:{item % 2}" == key for item in items)
+
+
+def test_a_failed_call_fails_its_group_only():
+    async def main():
+        down = Downstream(fail_on=3)
+        grouper = CallGrouper(down.send, max_group=8)
+        first = asyncio.create_task(grouper.submit("m", 0))
+        await asyncio.sleep(0)  # 0 is in flight; 1..3 form the next group
+        group = [asyncio.create_task(grouper.submit("m", i)) for i in (1, 2, 3)]
+        await asyncio.wait([first, *group])
+        later = await grouper.submit("m", 4)
+        return first, group, later
+
+    first, group, later = asyncio.run(main())
+    assert first.result() == "m:0"
+    for task in group:
+        with pytest.raises(ValueError, match="bad item 3"):
+            task.result()
+    assert later == "m:4"
