@@ -22,19 +22,21 @@ SendGroup = Callable[[str, list], Awaitable[list]]
 @dataclass
 class _Pending:
     waiting: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
-    in_flight: bool = False
+    in_flight: int = 0
 
 
 class CallGrouper:
     """`await grouper.submit(key, item)` -> the result of `send(key, [.., item, ..])` for that item.
 
     `send` takes a key and a list of items and returns one result per item, in order; at
-    most one `send` per key runs at a time, with at most `max_group` items.
+    most `max_in_flight` sends per key run at a time, each with at most `max_group` items.
+    Two in flight keep a downstream with two run slots busy while the next group forms.
     """
 
-    def __init__(self, send: SendGroup, max_group: int = 8):
+    def __init__(self, send: SendGroup, max_group: int = 8, max_in_flight: int = 2):
         self.send = send
         self.max_group = max_group
+        self.max_in_flight = max_in_flight
         self._pending: dict[str, _Pending] = {}
         self.group_sizes: dict[int, int] = {}
 
@@ -42,8 +44,8 @@ class CallGrouper:
         pending = self._pending.setdefault(key, _Pending())
         future = asyncio.get_running_loop().create_future()
         pending.waiting.append((item, future))
-        if not pending.in_flight:
-            pending.in_flight = True
+        if pending.in_flight < self.max_in_flight:
+            pending.in_flight += 1
             asyncio.create_task(self._drain(key, pending))
         return await future
 
@@ -68,6 +70,6 @@ class CallGrouper:
                     if not future.done():
                         future.set_result(result)
         finally:
-            pending.in_flight = False
-            if not pending.waiting:
+            pending.in_flight -= 1
+            if not pending.waiting and not pending.in_flight:
                 self._pending.pop(key, None)

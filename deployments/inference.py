@@ -22,28 +22,27 @@ log = logging.getLogger("ray.serve")
 
 
 class BatchedModel:
-    """One model version: its session, its own batch queue, its own run thread."""
+    """One model version: its session, its own batch queue, its own run threads."""
 
     def __init__(self, resolved: ResolvedModel, backend: BackendSettings, batching: BatchingConfig):
         self.resolved = resolved
         self.model = OnnxModel(resolved.path, resolved.spec, backend)
-        # ORT releases the GIL; one thread per model keeps runs off the event loop while
-        # batches of the same model stay sequential.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{resolved.name}")
         self.batch_sizes: Counter[int] = Counter()
         self._warmed = 0
-        # Items are groups of images; a batch counts images.
-        self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0,
-                                  batch_size_fn=lambda groups: sum(len(images) for images, _ in groups))
+        self._running = 0
+        self.max_concurrent_batches = 0
+        self._executor: ThreadPoolExecutor | None = None
         # Ray Serve forms the next batch as soon as its wait timeout ends, even while the
-        # previous batch still holds the model, so under load batches would stay at size 1.
-        # Holding arrivals until the model is free lets them form one batch together;
-        # an idle model takes a request at once, so a lone request never waits.
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # previous batches still hold the model, so under load batches would stay at size 1.
+        # Holding arrivals until a run slot is free lets them form one batch together;
+        # a model with a free slot takes a request at once, so a lone request never waits.
+        self._slot_free = asyncio.Event()
+        self._slot_free.set()
         self.apply(batching)
 
     def apply(self, batching: BatchingConfig) -> None:
+        if batching.max_concurrent_batches != self.max_concurrent_batches:
+            self._start_runners(batching.max_concurrent_batches)
         # A batch-variant model (e.g. dynamically quantized) must never share a run.
         size = batching.max_batch_size if self.model.batch_invariant else 1
         if size > self._warmed:
@@ -54,11 +53,25 @@ class BatchedModel:
         self.max_batch_size = size
         self.batch_wait_timeout_s = batching.batch_wait_timeout_s
 
+    def _start_runners(self, concurrent: int) -> None:
+        """A batch queue and `concurrent` run threads; runs already started finish on the old ones."""
+        old = self._executor
+        # ORT releases the GIL and its sessions are thread-safe: runs go to their own
+        # threads, off the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix=f"ort-{self.resolved.name}")
+        # Items are groups of images (one per ingress call); a batch counts images.
+        self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0,
+                                  max_concurrent_batches=concurrent,
+                                  batch_size_fn=lambda groups: sum(len(images) for images, _ in groups))
+        self.max_concurrent_batches = concurrent
+        if old is not None:
+            old.shutdown(wait=False)
+
     async def infer(self, images: list[np.ndarray], confs: list[float]) -> tuple[list, dict, bool]:
         """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities)."""
         step = self.max_batch_size
         chunks = [(images[i:i + step], confs[i:i + step]) for i in range(0, len(images), step)]
-        await self._idle.wait()
+        await self._slot_free.wait()
         answers = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
         outputs = [out for chunk_outputs, _ in answers for out in chunk_outputs]
         return outputs, answers[-1][1], self.model.outputs_probabilities
@@ -68,12 +81,15 @@ class BatchedModel:
         images = [img for group_images, _ in groups for img in group_images]
         confs = [conf for _, group_confs in groups for conf in group_confs]
         self.batch_sizes[len(images)] += 1
-        self._idle.clear()
+        self._running += 1
+        if self._running >= self.max_concurrent_batches:
+            self._slot_free.clear()
         t0 = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, images, confs)
         finally:
-            self._idle.set()
+            self._running -= 1
+            self._slot_free.set()
         ms = round((time.perf_counter() - t0) * 1000, 2)
         timings = {"inference_ms": ms, "batch_size": len(images), "node_id": node_id()}
         answers, start = [], 0
@@ -99,6 +115,7 @@ class BatchedModel:
             "outputs_probabilities": self.model.outputs_probabilities,
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "max_concurrent_batches": self.max_concurrent_batches,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "load_ms": round(self.model.load_ms, 1),
         }

@@ -50,7 +50,7 @@ class Preprocess:
         # Local first: an image stays on the node that decoded it (edge: on its Jetson).
         self.inference = local_first(inference)
         self.postprocess = local_first(postprocess)
-        self.grouper = CallGrouper(self._send_group, self.cfg.max_group)
+        self.grouper = CallGrouper(self._send_group, self.cfg.max_group, self.cfg.max_in_flight)
         self.serving_alias = self.cfg.registry.serving_alias
         self.aliases = self.cfg.registry.aliases
         self.watcher = AliasWatcher(make_source(self.cfg), self._prepare_stages, self.cfg.registry.poll_interval_s)

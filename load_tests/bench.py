@@ -117,7 +117,7 @@ def in_process(pipeline: LocalPipeline, data: bytes, concurrency: int, duration_
 class ServedCluster:
     """An isolated Ray cluster with the shipped application serving one model."""
 
-    def __init__(self, model: Path, providers: list, num_cpus: int):
+    def __init__(self, model: Path, providers: list, intra_op_threads: int, user_config: dict, num_cpus: int):
         import ray
         from ray import serve
 
@@ -131,13 +131,15 @@ class ServedCluster:
                     logging_config={"enable_access_log": False})
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model
-        self.providers = providers
+        self.backend = {"providers": providers, "intra_op_threads": intra_op_threads}
+        self.user_config = user_config
 
     def deploy(self, autoscaling: bool) -> None:
         from tests.conftest import app_config, deploy, wait_ready
 
-        app = app_config("visionray", "/", [{"name": "bench", "path": str(self.model)}],
-                         backend={"providers": self.providers, "intra_op_threads": 2})
+        app = app_config("visionray", "/", [{"name": "bench", "path": str(self.model)}], backend=self.backend)
+        inference = next(d for d in app["deployments"] if d["name"] == "Inference")
+        inference["user_config"] = {**inference.get("user_config", {}), **self.user_config}
         if autoscaling:  # app_config pins one replica each; put the shipped autoscaling back
             shipped = {d["name"]: d for d in shipped_deployments()}
             for d in app["deployments"]:
@@ -158,10 +160,14 @@ class ServedCluster:
         ray.shutdown()
 
 
-def shipped_deployments() -> list[dict]:
+def shipped_app() -> dict:
     import yaml
 
-    return yaml.safe_load((PROJECT_ROOT / "serve" / "config.yaml").read_text())["applications"][0]["deployments"]
+    return yaml.safe_load((PROJECT_ROOT / "serve" / "config.yaml").read_text())["applications"][0]
+
+
+def shipped_deployments() -> list[dict]:
+    return shipped_app()["deployments"]
 
 
 def safe_cmdline(p: psutil.Process) -> list[str]:
@@ -330,7 +336,8 @@ def markdown(meta: dict, table: list[dict], checks: list[str], autoscale: dict |
         "",
         f"Model `{meta['model']}`, image `{meta['image']}`, providers {meta['providers']}, "
         f"ORT intra-op threads {meta['intra_op_threads']}, {meta['duration_s']:.0f} s per point"
-        f"{', env ' + ' '.join(meta['env']) if meta['env'] else ''}.",
+        f"{', env ' + ' '.join(meta['env']) if meta['env'] else ''}, inference user_config "
+        f"`{json.dumps(meta['inference_user_config'])}`.",
         "",
         "| setup | conc. | img/s | p50 ms | p95 ms | p99 ms | errors | CPU ms/req | img/s ÷ limit | p50 ÷ limit "
         "| CPU ÷ limit |",
@@ -369,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="the sweep (default: 1 8)")
     ap.add_argument("--duration", type=float, default=30, help="seconds per point")
     ap.add_argument("--device", choices=sorted(DEVICE_PROVIDERS), default="cpu")
-    ap.add_argument("--intra-op-threads", type=int, default=2)
+    ap.add_argument("--intra-op-threads", type=int, default=shipped_app()["args"]["backend"]["intra_op_threads"],
+                    help="ORT threads per run, in-process and served (default: serve/config.yaml's)")
+    ap.add_argument("--user-config", type=json.loads, default={},
+                    help='Inference user_config overrides, e.g. \'{"max_batch_size": 4}\'')
     ap.add_argument("--autoscale", action="store_true", help="also run the ramp and plot replicas per stage")
     ap.add_argument("--ramp-peak", type=int, default=24)
     ap.add_argument("--ramp-step-s", type=float, default=20)
@@ -399,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
 
     autoscale = None
     if not args.skip_served:
-        cluster = ServedCluster(args.model, providers, num_cpus=max(4, os.cpu_count() or 1))
+        cluster = ServedCluster(args.model, providers, args.intra_op_threads, args.user_config,
+                                num_cpus=max(4, os.cpu_count() or 1))
         try:
             cluster.deploy(autoscaling=False)
             for c in args.concurrency:
@@ -413,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     table, checks = compare(rows)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "model": args.model.name,
             "image": args.image.name, "providers": providers, "intra_op_threads": args.intra_op_threads,
-            "duration_s": args.duration, "device": args.device, "env": args.env}
+            "duration_s": args.duration, "device": args.device, "env": args.env,
+            "inference_user_config": {**next(d for d in shipped_deployments() if d["name"] == "Inference")
+                                      .get("user_config", {}), **args.user_config}}
     report = markdown(meta, table, checks, autoscale)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": table, "checks": checks,
                                                     "autoscale": autoscale}, indent=2))

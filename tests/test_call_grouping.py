@@ -13,10 +13,14 @@ class Downstream:
     def __init__(self, delay_s: float = 0.02, fail_on: int | None = None):
         self.calls: list[tuple[str, list]] = []
         self.delay_s, self.fail_on = delay_s, fail_on
+        self.running = self.most_running = 0
 
     async def send(self, key: str, items: list) -> list:
         self.calls.append((key, list(items)))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
         await asyncio.sleep(self.delay_s)
+        self.running -= 1
         if self.fail_on is not None and self.fail_on in items:
             raise ValueError(f"bad item {self.fail_on}")
         return [f"{key}:{item}" for item in items]
@@ -39,7 +43,7 @@ def test_a_lone_request_goes_at_once():
 def test_concurrent_requests_share_calls_and_keep_their_own_answers():
     async def main():
         down = Downstream()
-        grouper = CallGrouper(down.send, max_group=4)
+        grouper = CallGrouper(down.send, max_group=4, max_in_flight=1)
         answers = await asyncio.gather(*(grouper.submit("m:1", i) for i in range(9)))
         return answers, down.calls, grouper.group_sizes
 
@@ -64,7 +68,7 @@ def test_keys_never_share_a_call():
 def test_a_failed_call_fails_its_group_only():
     async def main():
         down = Downstream(fail_on=3)
-        grouper = CallGrouper(down.send, max_group=8)
+        grouper = CallGrouper(down.send, max_group=8, max_in_flight=1)
         first = asyncio.create_task(grouper.submit("m", 0))
         await asyncio.sleep(0)  # 0 is in flight; 1..3 form the next group
         group = [asyncio.create_task(grouper.submit("m", i)) for i in (1, 2, 3)]
@@ -78,3 +82,16 @@ def test_a_failed_call_fails_its_group_only():
         with pytest.raises(ValueError, match="bad item 3"):
             task.result()
     assert later == "m:4"
+
+
+def test_at_most_max_in_flight_calls_per_key():
+    async def main():
+        down = Downstream()
+        grouper = CallGrouper(down.send, max_group=2, max_in_flight=2)
+        answers = await asyncio.gather(*(grouper.submit("m", i) for i in range(10)))
+        return answers, down
+
+    answers, down = asyncio.run(main())
+    assert answers == [f"m:{i}" for i in range(10)]
+    assert down.most_running == 2
+    assert all(len(items) <= 2 for _, items in down.calls)
