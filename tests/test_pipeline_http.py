@@ -38,13 +38,11 @@ def api(ray_cluster, tmp_path_factory):
         {"name": "colors", "path": str(color_classifier(tmp / "colors2.onnx", softmax=True))},
         {"name": "missing", "path": str(tmp / "does-not-exist.onnx")},
     ]
-    deploy(
-        [
-            app_config("pipeline", "/", models, max_body_bytes=MAX_BODY),
-            app_config("partial", "/partial", broken),
-        ],
-        ray_cluster,
-    )
+    pipeline = app_config("pipeline", "/", models, max_body_bytes=MAX_BODY)
+    # The shipped CPU tuning runs unbatched; these tests exercise dynamic batching itself.
+    inference = next(d for d in pipeline["deployments"] if d["name"] == "Inference")
+    inference["user_config"] = {"max_batch_size": 8, "max_concurrent_batches": 1, "batch_wait_timeout_s": 0.0}
+    deploy([pipeline, app_config("partial", "/partial", broken)], ray_cluster)
     wait_ready(f"{ray_cluster}/readyz")
     return ray_cluster
 
