@@ -35,6 +35,7 @@ import psutil
 
 from deployments.local_pipeline import LocalPipeline
 from deployments.onnx_backend import BackendSettings
+from serve.platform import RAY_TUNING_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = PROJECT_ROOT.parent / "shared" / "models"
@@ -387,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for the served cluster's processes (Ray/Serve tuning experiments)")
+    ap.add_argument("--ray-defaults", action="store_true",
+                    help="serve without the Ray settings `make up` uses (serve/platform.py RAY_TUNING_ENV)")
     args = ap.parse_args(argv)
+    if not args.ray_defaults:
+        args.env = [f"{k}={v}" for k, v in RAY_TUNING_ENV.items()] + args.env
     for item in args.env:
         name, _, value = item.partition("=")
         os.environ[name] = value
