@@ -15,10 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster import labels, preflight
+from cluster.auth import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, ensure_token, token_env, token_source
 
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
-TOKEN_ENV = "RAY_AUTH_TOKEN"
-TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 # Ray's own join check wants the same Python patch level unless told otherwise (see preflight).
 PYTHON_MATCH_ENV = "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"
 # Serve's per-node proxy port knob (worker nodes only): lets several nodes share one host in tests.
@@ -29,16 +27,6 @@ DEFAULT_GCS_PORT = 6379
 def ray_executable() -> str:
     """The `ray` of this very environment: the one the pre-flight check vouched for."""
     return str(Path(sys.executable).with_name("ray"))
-
-
-def token_source(env: dict[str, str]) -> str | None:
-    """Where this node's cluster token comes from, or None if it has none."""
-    if env.get(TOKEN_ENV):
-        return f"${TOKEN_ENV}"
-    if env.get(TOKEN_PATH_ENV) and Path(env[TOKEN_PATH_ENV]).is_file():
-        return env[TOKEN_PATH_ENV]
-    default = Path.home() / ".ray" / "auth_token"
-    return str(default) if default.is_file() else None
 
 
 def head_command(node_type: str, port: int, dashboard_host: str, dashboard_port: int,
@@ -56,15 +44,13 @@ def join_command(address: str, node_type: str, jetson_model: str | None, jetpack
 
 def head(node_type: str = labels.DATACENTER, port: int = DEFAULT_GCS_PORT, dashboard_host: str = "0.0.0.0",
          dashboard_port: int = 8265, ray_args: Sequence[str] = (), dry_run: bool = False) -> int:
-    env = {**os.environ, AUTH_MODE_ENV: "token"}
-    if token_source(env) is None and not dry_run:
-        # Ray 2.60 would generate one too; doing it here lets us say where it is.
-        from ray._private.authentication.authentication_token_setup import generate_and_save_token
-
-        generate_and_save_token()
+    env = token_env()
+    # Ray 2.60 would generate one too; doing it here lets us say where it is.
+    source = token_source(env) if dry_run else ensure_token(env)[0]
     command = head_command(node_type, port, dashboard_host, dashboard_port, ray_args)
-    print(f"token auth: on; this cluster's token is {token_source(env) or '~/.ray/auth_token (to be created)'}.\n"
+    print(f"token auth: on; this cluster's token is {source or '~/.ray/auth_token (to be created)'}.\n"
           "Copy it to every node that joins (same path, or RAY_AUTH_TOKEN).\n"
+          f"This head listens on the network: GCS port {port}, dashboard {dashboard_host}:{dashboard_port}.\n"
           f"join with:  visionray cluster join <this host's IP>:{port} --node-type jetson "
           "--jetson-model orin-nano --jetpack 6.2", file=sys.stderr)
     return _run(command, env, dry_run)
@@ -75,7 +61,7 @@ def join(address: str, node_type: str, jetson_model: str | None = None, jetpack:
          assume_local_versions: preflight.Versions | None = None) -> int:
     """Pre-flight, then `ray start --address`. `assume_local_versions` exists for the refusal test only."""
     command = join_command(address, node_type, jetson_model, jetpack, ray_args)  # validates the labels first
-    env = {**os.environ, AUTH_MODE_ENV: "token"}
+    env = token_env()
     if token_source(env) is None:
         print("error: no cluster token on this node. Copy the head's ~/.ray/auth_token to ~/.ray/auth_token here "
               f"(or set {TOKEN_ENV} / {TOKEN_PATH_ENV}).", file=sys.stderr)

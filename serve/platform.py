@@ -21,6 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cluster import auth
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / ".data"
 STATE_FILE = DATA_DIR / "platform.json"
@@ -151,6 +153,9 @@ def _state() -> dict | None:
 def _start_ray() -> dict:
     _check_disk()
     _check_ports()
+    token, created = auth.ensure_token()
+    step(f"cluster token: {'created ' if created else ''}{token} (token auth is on)")
+    step(f"starting a local Ray head (dashboard on 127.0.0.1:{DASHBOARD_PORT})")
     # Ports of our own, so that another Ray on this machine (on its defaults 6379, 10001, 52365)
     # neither blocks this head nor is disturbed by it.
     gcs_port = _free_port(6380)
@@ -160,15 +165,18 @@ def _start_ray() -> dict:
     temp_dir.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / "ray-head.log"
+    # Loopback only: this is the single-machine platform. `visionray cluster head` is the command
+    # that opens a head to the network.
     command = [
-        _bin("ray"), "start", "--head", "--block", f"--port={gcs_port}",
+        _bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
         f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=PROJECT_ROOT, env={**os.environ, **RAY_TUNING_ENV})
+                                start_new_session=True, cwd=PROJECT_ROOT,
+                                env=auth.token_env({**os.environ, **RAY_TUNING_ENV}))
     state = {"pgid": proc.pid, "gcs_address": f"127.0.0.1:{gcs_port}", "temp_dir": str(temp_dir),
              "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "started": time.time()}
     STATE_FILE.write_text(json.dumps(state, indent=2))
@@ -204,17 +212,15 @@ def up() -> int:
         if state:
             step(f"Ray head already running (pid {state['pgid']}); reusing it")
         else:
-            step("starting a local Ray head (dashboard on 127.0.0.1:8265)")
             state = _start_ray()
+        token = auth.token_source(os.environ)
         step("registering the demo models in the embedded MLflow registry (.data/mlflow.db)")
         _register_demo_models()
         step("deploying serve/config.yaml (serve deploy)")
         log = LOG_DIR / "serve-deploy.log"
         with open(log, "ab") as out:
-            # The head runs with Ray's token auth (~/.ray/auth_token); the CLI must send it.
-            env = {**os.environ, "RAY_AUTH_MODE": "token"}
             rc = subprocess.call([_bin("serve"), "deploy", str(CONFIG_YAML), "-a", state["dashboard"]],
-                                 stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
+                                 stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=auth.token_env())
         if rc != 0:
             raise StepFailed(f"serve deploy failed (exit {rc})", log)
         step("waiting for every model to be loaded and warmed (/readyz)")
@@ -229,6 +235,11 @@ visionray is up.
   ready      {HTTP_URL}/readyz
   dashboard  {state['dashboard']}  (Serve tab: replicas per stage)
   logs       {state['temp_dir']}/session_latest/logs
+  token      {token}  (Ray's CLIs read it from there; RAY_AUTH_MODE=token)
+
+This head listens on 127.0.0.1 only; no other machine can join it. For a cluster, start the
+head with `visionray cluster head` instead: a node joins with this token (copied to its
+~/.ray/auth_token) and `visionray cluster join <head IP>:6379` (cluster/README.md).
 
 Try:
   curl -s -X POST --data-binary @{sample.relative_to(PROJECT_ROOT) if sample else 'IMAGE'} \\

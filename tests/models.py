@@ -9,6 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests import yolo_reference
+from tests.yolo_reference import iou
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
 YOLO_QDQ = SHARED_MODELS / "yolov8n_quantized_int8.onnx"
@@ -20,8 +23,8 @@ needs_shared_models = pytest.mark.skipif(
     not YOLO_QDQ.is_file(), reason=f"real YOLOv8n models not found at {SHARED_MODELS} (outside the workplace)"
 )
 
-# Expected detections on bus.jpg from ../shared/models/README.md: (label, score, box).
-BUS_EXPECTED = {
+# Detections on bus.jpg from ../shared/models/README.md, taken on an AMD EPYC (AVX2): (label, score, box).
+BUS_TABLE = {
     "yolov8n_quantized_int8.onnx": [
         ("person", 0.899, [51.2, 401.0, 243.6, 905.3]),
         ("person", 0.899, [671.5, 377.7, 808.5, 876.1]),
@@ -37,22 +40,44 @@ BUS_EXPECTED = {
         ("person", 0.312, [0.1, 561.7, 55.8, 868.2]),
     ],
 }
+# Models whose output is the same on every CPU checked (AVX2 EPYC, AVX-512 Xeon without VNNI): the
+# dynamically quantized model computes its int8 activations the same way on both. The static QDQ
+# model does not (ORT takes other int8 kernels per instruction set; README of ../shared/models).
+CPU_INDEPENDENT = {"yolov8n_int8.onnx"}
 
 
-def assert_bus_detections(detections: list[dict], model_file: str) -> None:
-    """Same classes, boxes within 1 px, scores within 0.005 (order-free: ties exist)."""
-    expected = BUS_EXPECTED[model_file]
-    assert len(detections) == len(expected), detections
+def _match_all(detections: list[dict], expected: list[tuple[str, float, list[float]]], close) -> None:
+    """Every expected (label, score, box) has its own detection for which close(d, score, box) holds."""
+    assert len(detections) == len(expected), f"{len(detections)} detections, expected {len(expected)}: {detections}"
     unmatched = list(detections)
     for label, score, box in expected:
-        match = next(
-            (d for d in unmatched
-             if d["label"] == label and abs(d["score"] - score) <= 0.005
-             and max(abs(a - b) for a, b in zip(d["box"], box)) <= 1.0),
-            None,
-        )
+        match = next((d for d in unmatched if d["label"] == label and close(d, score, box)), None)
         assert match is not None, f"no detection matches {label} {score} {box} in {detections}"
         unmatched.remove(match)
+
+
+def _exact(d: dict, score: float, box: list[float]) -> bool:
+    return abs(d["score"] - score) <= 0.005 and max(abs(a - b) for a, b in zip(d["box"], box)) <= 1.0
+
+
+def _portable(d: dict, score: float, box: list[float]) -> bool:
+    return abs(d["score"] - score) <= 0.06 and iou(d["box"], box) >= 0.85
+
+
+def assert_bus_detections(detections: list[dict], model: Path) -> None:
+    """The served or computed detections of `model` on bus.jpg are right, on whatever CPU runs the test.
+
+    Exact, same machine: equal to a plain onnxruntime reference computed here (tests/yolo_reference.py)
+    within 1 px and 0.005 -- this is what catches a bug in preprocessing, batching or NMS.
+    Portable, any machine: the README's table within what a change of CPU moves: same classes and
+    count, IoU >= 0.85, score within 0.06. Measured between AVX2 and AVX-512 (no VNNI) for the QDQ
+    model: IoU >= 0.89, scores within 0.047; a wrong letterbox, box mapping or class shifts far more.
+    Models in CPU_INDEPENDENT must also equal the table exactly.
+    """
+    reference = yolo_reference.detections(model, BUS_JPG)
+    _match_all(detections, [(d["label"], d["score"], d["box"]) for d in reference], _exact)
+    table = BUS_TABLE[model.name]
+    _match_all(detections, table, _exact if model.name in CPU_INDEPENDENT else _portable)
 
 
 COLOR_CLASSES = ["red", "green", "blue"]

@@ -103,7 +103,7 @@ def test_a_request_to_the_jetson_proxy_is_processed_on_the_jetson(edge):
         r = predict(f"{edge['jetson']}/edge")
         assert r.status_code == 200, r.text
         body = r.json()
-        assert_bus_detections(body["detections"], YOLO_QDQ.name)
+        assert_bus_detections(body["detections"], YOLO_QDQ)
         assert body["served_by"] == {"preprocess": jetson_node, "inference": jetson_node, "postprocess": jetson_node}
 
 
@@ -172,7 +172,7 @@ def test_jetson_death_edge_503_datacenter_unaffected_then_recovery_offline(edge)
         new_url = f"http://127.0.0.1:{new_port}/edge"
         wait_for(lambda: predict(new_url, timeout=30).status_code == 200, 240, "edge app back on the new Jetson")
         body = predict(new_url).json()
-        assert_bus_detections(body["detections"], YOLO_QDQ.name)
+        assert_bus_detections(body["detections"], YOLO_QDQ)
         new_node = body["served_by"]["preprocess"]
         assert new_node != old_node
         assert set(body["served_by"].values()) == {new_node}

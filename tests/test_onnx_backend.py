@@ -38,7 +38,7 @@ def test_reference_detections_on_bus(path):
     out = model.run([x])
     resolved = ResolvedModel("m", "1", str(path), spec)
     result = postprocess(resolved, False, yolo_candidates(out[0], 0.25), meta, PARAMS)
-    assert_bus_detections(result["detections"], path.name)
+    assert_bus_detections(result["detections"], path)
 
 
 @needs_shared_models

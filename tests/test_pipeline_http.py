@@ -56,7 +56,7 @@ def png(img: np.ndarray) -> bytes:
     return cv2.imencode(".png", img)[1].tobytes()
 
 
-@pytest.mark.parametrize("model, file", [("yolo", YOLO_QDQ.name), ("yolo-dyn", YOLO_DYNAMIC.name)])
+@pytest.mark.parametrize("model, file", [("yolo", YOLO_QDQ), ("yolo-dyn", YOLO_DYNAMIC)], ids=["qdq", "dynamic"])
 def test_bus_detections_over_http(api, model, file):
     r = predict(api, model, BUS_JPG.read_bytes())
     assert r.status_code == 200, r.text
@@ -109,7 +109,7 @@ def test_concurrent_requests_are_batched_and_results_do_not_depend_on_batch(api)
     assert max(grew) > 1, f"no batch larger than 1 observed: {grew}"
     assert max(r.json()["timings_ms"]["batch_size"] for r in responses) > 1
     for r in responses:
-        assert_bus_detections(r.json()["detections"], YOLO_QDQ.name)
+        assert_bus_detections(r.json()["detections"], YOLO_QDQ)
 
 
 def test_batch_variant_model_never_shares_a_batch(api):
