@@ -28,6 +28,7 @@ from deployments.preprocessing import prepare_image
 from model_registry.source import ResolvedModel
 from serve.http_api import (
     ApiError,
+    discard_unread_body,
     error_response,
     image_bytes,
     json_response,
@@ -74,6 +75,7 @@ class Preprocess:
             handler, path_params = route(request.method, path)
             return await getattr(self, handler)(request, rid, **path_params)
         except ApiError as err:
+            await discard_unread_body(request)
             return error_response(err, rid)
         except BackPressureError:
             return error_response(

@@ -6,6 +6,7 @@ ingress) calls them, and they are unit-tested on their own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -107,7 +108,7 @@ def predict_params(query, defaults, n_classes: int) -> PredictParams:
 
 # -- body ---------------------------------------------------------------------------------
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) before reading past `limit` bytes."""
+    """The request body, refusing (413) anything over `limit` bytes without ever holding more."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -122,6 +123,34 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "payload_too_large", f"body exceeds the {limit} byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# After an error answered before the body was read, how much more of it is read and thrown away.
+# Clients such as urllib and requests send the whole body before reading: if the server answers
+# and closes while bytes are still arriving, the kernel resets the connection and the client sees
+# a reset instead of the JSON error. Reading (and dropping) up to this bound lets it read the
+# answer; past the bound the connection is closed, which is all a flood deserves.
+DRAIN_LIMIT_BYTES = 256 << 20
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def discard_unread_body(request: Request) -> None:
+    """Read and drop what is left of the request body, within DRAIN_LIMIT_BYTES and DRAIN_TIMEOUT_S."""
+    if request._stream_consumed:  # noqa: SLF001 - Starlette's own flag: the last body message was read
+        return
+
+    async def drain() -> None:
+        read = 0
+        while read <= DRAIN_LIMIT_BYTES:
+            message = await request.receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            read += len(message.get("body", b""))
+
+    try:
+        await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        pass
 
 
 def image_bytes(content_type: str | None, body: bytes) -> bytes:

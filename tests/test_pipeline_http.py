@@ -186,3 +186,22 @@ def test_truncated_stream_of_garbage_is_not_a_500(api):
     payload = io.BytesIO(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     r = requests.post(f"{api}/v1/models/yolo/predict", data=payload, timeout=30)
     assert r.status_code == 415
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_oversized_body_sent_whole_before_reading_gets_the_413_json(api, declared):
+    """80 MB the way `requests` sends it: the whole body first, then read the answer.
+
+    The server answers before it has read the body; without a lingering read the client's
+    remaining bytes meet a closed socket and it sees a connection reset, not the 413.
+    """
+    body = bytes(80 << 20)
+    view = memoryview(body)
+    data = body if declared else (view[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20))
+    r = requests.post(f"{api}/v1/models/yolo/predict", data=data, headers={"content-type": "image/jpeg"},
+                      timeout=120)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "payload_too_large" and r.json()["request_id"]
+    # An error decided before the body is read (unknown model) is answered the same way.
+    r = requests.post(f"{api}/v1/models/nope/predict", data=body, timeout=120)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
