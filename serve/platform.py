@@ -46,6 +46,10 @@ SAMPLE = PROJECT_ROOT / "demo_models" / "samples"
 RAY_TUNING_ENV = {
     "RAY_max_direct_call_object_size": str(4 << 20),
 }
+# Ray turns a loopback --node-ip-address into the machine's network address on Linux, unless
+# clusters are off (the setting it uses on macOS/Windows): then the node's IP is 127.0.0.1 and
+# its servers bind there, and no other machine can join this head.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 # Ray's logs, object spilling, the MLflow store and the model cache all live under .data/.
 MIN_FREE_DISK_BYTES = 1 << 30
@@ -176,7 +180,7 @@ def _start_ray() -> dict:
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=PROJECT_ROOT,
-                                env=auth.token_env({**os.environ, **RAY_TUNING_ENV}))
+                                env=auth.token_env({**os.environ, **RAY_TUNING_ENV, **LOOPBACK_ENV}))
     state = {"pgid": proc.pid, "gcs_address": f"127.0.0.1:{gcs_port}", "temp_dir": str(temp_dir),
              "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "started": time.time()}
     STATE_FILE.write_text(json.dumps(state, indent=2))
