@@ -31,22 +31,46 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def _png_or_jpeg_dimensions(data: bytes, fmt: str) -> tuple[int, int] | None:
-    """Read (width, height) from the header without decoding pixels."""
-    if fmt == "png" and len(data) >= 24:
+    """(width, height) from the header without decoding pixels, or None if the header does not say."""
+    if fmt == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if fmt == "jpeg":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
+    return _jpeg_dimensions(data)
+
+
+# Markers without a length field: TEM and RST0..RST7 (SOI was consumed already).
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG markers (ITU T.81 B.1) to the frame header; any number of 0xFF fill bytes
+    may precede a marker, and decoders skip them, so this must too."""
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker in _STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA, 0x00):  # EOI or scan data before any frame header
+            return None
+        if i + 2 > n:
+            return None
+        length = int.from_bytes(data[i:i + 2], "big")
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC) carry the frame size.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 7 > n:
                 return None
-            marker = data[i + 1]
-            length = int.from_bytes(data[i + 2 : i + 4], "big")
-            # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC) carry the frame size.
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h = int.from_bytes(data[i + 5 : i + 7], "big")
-                w = int.from_bytes(data[i + 7 : i + 9], "big")
-                return w, h
-            i += 2 + length
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 3:i + 5], "big")
+        if length < 2:
+            return None
+        i += length
     return None
 
 
@@ -61,7 +85,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             unsupported_type=True,
         )
     dims = _png_or_jpeg_dimensions(data, fmt)
-    if dims is not None and dims[0] * dims[1] > max_pixels:
+    # No size in the header, no decode: the limit must hold before cv2 allocates anything.
+    if dims is None:
+        raise ImageDecodeError(f"the {fmt.upper()} header does not state the image size (corrupt or truncated)")
+    if dims[0] * dims[1] > max_pixels:
         raise ImageDecodeError(
             f"image is {dims[0]}x{dims[1]}, over the {max_pixels} pixel limit"
         )

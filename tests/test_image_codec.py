@@ -53,3 +53,43 @@ def test_decompression_bomb_is_refused_before_decoding():
     img = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(ImageDecodeError, match="pixel limit"):
         decode_image(_png(img), max_pixels=5000)
+
+
+def _jpeg(width: int = 40, height: int = 30) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+def _with_declared_size(jpeg: bytes, width: int, height: int, fill: bytes = b"") -> bytes:
+    """The same JPEG with its frame header claiming another size, `fill` 0xFF bytes before it."""
+    sof = jpeg.index(b"\xff\xc0")
+    header = bytearray(jpeg[sof:sof + 9])
+    header[5:7], header[7:9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
+    return jpeg[:sof] + fill + bytes(header) + jpeg[sof + 9:]
+
+
+@pytest.mark.parametrize("fill", [b"", b"\xff", b"\xff\xff\xff"], ids=["plain", "1-fill", "3-fill"])
+def test_jpeg_size_limit_holds_with_fill_bytes_before_the_frame_header(fill):
+    """Fill bytes before a marker are legal; they once made the header parser give up and the
+    limit go unchecked, so a 42 KB file declaring 20000x20000 was decoded at 2.9 GB."""
+    bomb = _with_declared_size(_jpeg(), 20_000, 20_000, fill)
+    with pytest.raises(ImageDecodeError, match="20000x20000, over the"):
+        decode_image(bomb)
+    # The same structure at an honest size still decodes: the parser accepts fill bytes.
+    assert decode_image(_jpeg()[:2] + fill + _jpeg()[2:]).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xd8\xff\xda" + b"\0" * 100,  # scan data before any frame header
+        b"\xff\xd8\xff\xe0\x00\x10" + b"\0" * 14 + b"\xff\xd9",  # APP0 then end of image
+        b"\xff\xd8\xff\xe0\x00\x01" + b"\0" * 40,  # impossible segment length
+        b"\x89PNG\r\n\x1a\n" + b"\0\0\0\x0dJUNK" + b"\0" * 20,  # PNG whose first chunk is not IHDR
+    ],
+    ids=["sos-first", "no-frame", "bad-length", "png-no-ihdr"],
+)
+def test_an_image_whose_header_does_not_state_its_size_is_refused(data):
+    with pytest.raises(ImageDecodeError, match="does not state the image size"):
+        decode_image(data)
