@@ -36,6 +36,7 @@ from serve.http_api import (
     read_body,
     request_id,
     route,
+    shown,
 )
 from serve.settings import PipelineConfig, make_source
 
@@ -141,7 +142,7 @@ class Preprocess:
             "served_by": {"preprocess": node_id(), **result.pop("served_by")},
             "timings_ms": timings,
             "request_id": rid,
-        }, headers={"x-request-id": rid})
+        })  # Serve's proxy sets the x-request-id header (the same id: it fills the request header first)
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
         """One inference call and one postprocess call for a group of requests of one version."""
@@ -160,7 +161,8 @@ class Preprocess:
 
     def _serving(self, name: str, alias: str) -> ResolvedModel:
         if alias not in self.aliases:
-            raise ApiError(404, "alias_not_served", f"alias {alias!r} is not served; served aliases: {self.aliases}")
+            raise ApiError(404, "alias_not_served",
+                           f"alias {shown(alias)} is not served; served aliases: {self.aliases}")
         resolved = self.watcher.serving.get(alias, {}).get(name)
         if resolved is not None:
             return resolved
@@ -216,4 +218,5 @@ class Preprocess:
 
     def _unknown(self, name: str, alias: str | None = None) -> ApiError:
         where = f" under alias {alias!r}" if alias else ""
-        return ApiError(404, "model_not_found", f"no model named {name!r} is served{where}; served: {self._names()}")
+        return ApiError(404, "model_not_found",
+                        f"no model named {shown(name)} is served{where}; served: {self._names()}")

@@ -43,6 +43,11 @@ def error_response(err: ApiError, request_id: str | None = None) -> Response:
     return json_response(body, err.status, err.headers)
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """A client-supplied name as echoed in an error: repr'd and cut, so a 10 KB name stays a line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
 def request_id(request: Request) -> str:
     rid = request.headers.get("x-request-id", "")
     return rid if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid) else uuid.uuid4().hex
@@ -68,9 +73,9 @@ def route(method: str, path: str) -> tuple[str, dict]:
                 return handler, match.groupdict()
             allowed.append(m)
     if allowed:
-        raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+        raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {shown(path)}; use {', '.join(allowed)}",
                        {"Allow": ", ".join(allowed)})
-    raise ApiError(404, "not_found", f"no route for {method} {path}")
+    raise ApiError(404, "not_found", f"no route for {method} {shown(path)}")
 
 
 # -- predict parameters -------------------------------------------------------------------

@@ -205,3 +205,13 @@ def test_an_oversized_body_sent_whole_before_reading_gets_the_413_json(api, decl
     # An error decided before the body is read (unknown model) is answered the same way.
     r = requests.post(f"{api}/v1/models/nope/predict", data=body, timeout=120)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_long_model_name_is_not_echoed_whole_and_the_request_id_header_is_single(api):
+    r = requests.post(f"{api}/v1/models/{'n' * 10_000}/predict", data=b"x", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert len(r.json()["error"]["message"]) < 400
+    r = predict(api, "yolo", BUS_JPG.read_bytes())
+    assert r.status_code == 200
+    ids = r.raw.headers.getlist("x-request-id")
+    assert ids == [r.json()["request_id"]], ids
