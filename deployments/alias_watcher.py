@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from model_registry.source import ModelSource, ResolvedModel
+from model_registry.source import ModelSource, RegistryUnavailable, ResolvedModel
 
 log = logging.getLogger("ray.serve")
 
@@ -71,9 +71,14 @@ class AliasWatcher:
             catalog = await asyncio.to_thread(self.source.poll)
             self.registry_error = None
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what is loaded
-            self.registry_error = f"{type(exc).__name__}: {exc}"
-            log.warning("model source unreachable, serving what is loaded: %s", self.registry_error)
-            return
+            self.registry_error = _one_line(exc)
+            cached = exc.cached if isinstance(exc, RegistryUnavailable) else None
+            if self.catalog is not None or cached is None:
+                log.warning("model source unreachable, serving what is loaded: %s", self.registry_error)
+                return
+            # A replica started during the outage serves the node's last known catalog.
+            log.warning("model source unreachable, serving the cached catalog: %s", self.registry_error)
+            catalog = cached
         self.catalog = catalog
         for alias, models in catalog.items():
             for name, version in models.items():

@@ -102,7 +102,10 @@ class Preprocess:
             info = self._describe(name)
             out.append({"name": name, "task": info.get("task"), "version": info.get("version"),
                         "state": info["state"], "aliases": info["aliases"]})
-        return json_response({"models": out})
+        body = {"models": out}
+        if self.watcher.registry_error:
+            body["registry_error"] = self.watcher.registry_error
+        return json_response(body)
 
     async def get_model(self, request: Request, rid: str, name: str) -> Response:
         if name not in self._names():

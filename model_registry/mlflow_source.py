@@ -17,8 +17,14 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from deployments.model_spec import spec_from_onnx
-from model_registry.registry import cached_model_path, download_version, resolve_tracking_uri, spec_from_tags
-from model_registry.source import ResolvedModel
+from model_registry.registry import (
+    cached_model_path,
+    download_version,
+    resolve_tracking_uri,
+    spec_from_tags,
+    sqlite_path,
+)
+from model_registry.source import RegistryUnavailable, ResolvedModel
 
 log = logging.getLogger("visionray.registry")
 
@@ -39,18 +45,39 @@ class MlflowSource:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.cache_dir = Path(cache_dir)
         self.aliases = list(aliases)
-        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self._client_instance: MlflowClient | None = None
+
+    @property
+    def _client(self) -> MlflowClient:
+        # Made only after _check_store: MLflow creates and initialises a missing sqlite store.
+        if self._client_instance is None:
+            self._client_instance = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client_instance
+
+    def _check_store(self) -> None:
+        """A serving replica never creates a registry: a missing sqlite file is an outage."""
+        path = sqlite_path(self.tracking_uri)
+        if path is not None and not path.is_file():
+            raise RegistryUnavailable(f"registry store {path} does not exist (moved or deleted?)")
+
+    def _cached_catalog(self) -> dict[str, dict[str, str]] | None:
+        cached = self.cache_dir / CATALOG_FILE
+        return json.loads(cached.read_text()) if cached.is_file() else None
 
     def poll(self) -> dict[str, dict[str, str]]:
-        """{alias: {name: version}} for the served aliases; the cached answer if unreachable."""
+        """{alias: {name: version}} for the served aliases, or RegistryUnavailable with the cached answer."""
         try:
+            self._check_store()
             models = self._client.search_registered_models(max_results=1000)
-        except Exception as exc:  # noqa: BLE001 - registry down: serve what we know
-            cached = self.cache_dir / CATALOG_FILE
-            if cached.is_file():
-                log.warning("registry unreachable (%s); serving from the cached catalog", exc)
-                return json.loads(cached.read_text())
-            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is an outage, never an empty catalog
+            # Reconnect from scratch next time, by path: the store may come back as another file.
+            self._client_instance = None
+            reason = str(exc) if isinstance(exc, RegistryUnavailable) else f"{type(exc).__name__}: {exc}"
+            raise RegistryUnavailable(reason[:500], self._cached_catalog()) from exc
+        if not models:
+            # A registry that lost its models answers like one whose aliases were all removed;
+            # only the first is plausible while we serve models from it.
+            raise RegistryUnavailable("the registry answered with no registered models", self._cached_catalog())
         catalog: dict[str, dict[str, str]] = {a: {} for a in self.aliases}
         for m in models:
             for alias, version in (m.aliases or {}).items():
@@ -60,6 +87,8 @@ class MlflowSource:
         return catalog
 
     def fetch(self, name: str, version: str) -> ResolvedModel:
+        if not self.is_cached(name, version):
+            self._check_store()
         path = download_version(name, version, self.cache_dir, self.tracking_uri)
         tags_path = path.parent / TAGS_FILE
         if tags_path.is_file():

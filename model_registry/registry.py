@@ -109,14 +109,14 @@ def resolve_tracking_uri(tracking_uri: str | None = None, data_dir: str | Path |
     return default_tracking_uri(data_dir)
 
 
-def _sqlite_path(tracking_uri: str) -> Path | None:
+def sqlite_path(tracking_uri: str) -> Path | None:
     prefix = "sqlite:///"
     return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
     uri = resolve_tracking_uri(tracking_uri)
-    if (db := _sqlite_path(uri)) is not None:
+    if (db := sqlite_path(uri)) is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -130,7 +130,7 @@ def _registry_experiment_id(client: MlflowClient) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
         return experiment.experiment_id
-    db = _sqlite_path(client.tracking_uri)
+    db = sqlite_path(client.tracking_uri)
     artifact_location = (db.parent / ARTIFACTS_DIRNAME).resolve().as_uri() if db else None
     try:
         return client.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location)
@@ -306,7 +306,7 @@ def register(
     # source = the concrete artifact location. An `mlflow server` accepts that only with the
     # logged model's id; a local sqlite store given an id looks the model up through the
     # *global* tracking URI (maybe another database), so there the id is left out.
-    model_id = None if _sqlite_path(client.tracking_uri) else logged.model_id
+    model_id = None if sqlite_path(client.tracking_uri) else logged.model_id
     mv = client.create_model_version(name, source=logged.artifact_location, model_id=model_id, tags=tags)
     if alias:
         promote(name, mv.version, alias, tracking_uri=client.tracking_uri)

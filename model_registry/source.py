@@ -1,6 +1,6 @@
 """Where models come from: the one small interface the pipeline depends on.
 
-    poll()  -> {alias: {model name: version}}   what should serve now
+    poll()  -> {alias: {model name: version}}   what should serve now (or RegistryUnavailable)
     fetch(name, version) -> ResolvedModel        that version's file on local disk + spec
 
 `LocalFileSource` serves ONNX paths named in the config (version = content hash, the one
@@ -42,6 +42,18 @@ def model_key(name: str, version: str) -> str:
 def split_key(key: str) -> tuple[str, str]:
     name, _, version = key.rpartition(":")
     return name, version
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry cannot say what serves now (down, missing, or an answer that cannot be right).
+
+    `cached` is the last catalog this node saw, for a replica that starts during the outage.
+    Never "every alias was removed": only a registry that answers can remove an alias.
+    """
+
+    def __init__(self, reason: str, cached: dict[str, dict[str, str]] | None = None):
+        super().__init__(reason)
+        self.cached = cached
 
 
 class ModelSource(Protocol):

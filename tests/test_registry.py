@@ -307,3 +307,44 @@ def test_two_processes_downloading_one_version_download_it_once(server, tmp_path
     assert paths[0] == paths[1] == str(cache / "shared-dl" / "1" / "model.onnx")
     assert len(marker.read_text().splitlines()) == 1, "exactly one process downloaded"
     assert sorted(p.name for p in (cache / "shared-dl").iterdir()) == [".1.lock", "1"], "no staging dir left"
+
+
+def test_a_lost_registry_never_empties_the_catalog_and_is_never_recreated(tmp_path, data_dir, uri, classifier):
+    """Issue 12, finding 1: a replica restarted while the sqlite store was moved away created a
+    fresh empty store at that path and served nothing. Now: the store is never created, the
+    cached catalog survives, the outage is reported, and the store is used again once back."""
+    import asyncio
+
+    from deployments.alias_watcher import AliasWatcher
+    from model_registry.mlflow_source import CATALOG_FILE, MlflowSource
+    from model_registry.source import RegistryUnavailable
+
+    registry.register(classifier, name="colors", alias="production", tracking_uri=uri)
+    cache = tmp_path / "cache"
+    source = MlflowSource(uri, cache, ["production"])
+    assert source.poll() == {"production": {"colors": "1"}}
+    source.fetch("colors", "1")  # the node has served it: the file is in its cache
+    db = registry.sqlite_path(uri)
+    moved = db.with_name("moved-away.db")
+    db.rename(moved)
+
+    with pytest.raises(RegistryUnavailable) as err:
+        MlflowSource(uri, cache, ["production"]).poll()  # a fresh replica's first poll
+    assert "does not exist" in str(err.value) and err.value.cached == {"production": {"colors": "1"}}
+    assert not db.exists(), "a serving replica must never create a registry"
+    assert (cache / CATALOG_FILE).is_file()
+
+    prepared = []
+
+    async def prepare(resolved):
+        prepared.append(resolved.key)
+
+    watcher = AliasWatcher(MlflowSource(uri, cache, ["production"]), prepare, poll_interval_s=1)
+    asyncio.run(watcher.poll_once())
+    assert prepared == ["colors:1"] and watcher.ready  # served from the cache
+    assert "does not exist" in watcher.registry_error
+    assert not db.exists()
+
+    moved.rename(db)  # the store is back: same watcher, no restart
+    asyncio.run(watcher.poll_once())
+    assert watcher.registry_error is None and watcher.serving["production"]["colors"].version == "1"
