@@ -39,6 +39,7 @@ class CallGrouper:
         self.max_in_flight = max_in_flight
         self._pending: dict[str, _Pending] = {}
         self.group_sizes: dict[int, int] = {}
+        self.abandoned = 0  # items dropped unsent because their caller had gone (cancelled)
 
     async def submit(self, key: str, item: Any) -> Any:
         pending = self._pending.setdefault(key, _Pending())
@@ -51,9 +52,15 @@ class CallGrouper:
 
     async def _drain(self, key: str, pending: _Pending) -> None:
         try:
-            while pending.waiting:
-                group = pending.waiting[: self.max_group]
-                del pending.waiting[: self.max_group]
+            while True:
+                # A caller that went away (client disconnect, timeout) cancelled its future:
+                # its item is not sent, so the model never runs work nobody waits for.
+                live = [waiter for waiter in pending.waiting if not waiter[1].done()]
+                self.abandoned += len(pending.waiting) - len(live)
+                if not live:
+                    pending.waiting = []
+                    break
+                group, pending.waiting = live[: self.max_group], live[self.max_group :]
                 self.group_sizes[len(group)] = self.group_sizes.get(len(group), 0) + 1
                 try:
                     results = await self.send(key, [item for item, _ in group])

@@ -95,3 +95,23 @@ def test_at_most_max_in_flight_calls_per_key():
     assert answers == [f"m:{i}" for i in range(10)]
     assert down.most_running == 2
     assert all(len(items) <= 2 for _, items in down.calls)
+
+
+def test_items_whose_callers_have_gone_are_not_sent():
+    """Issue 12, finding 4: requests abandoned by their clients still ran on the model."""
+
+    async def main():
+        down = Downstream(delay_s=0.05)
+        grouper = CallGrouper(down.send, max_group=8, max_in_flight=1)
+        first = asyncio.create_task(grouper.submit("m:1", 0))
+        await asyncio.sleep(0.01)  # 0 is in flight; the next ones wait for it
+        waiting = [asyncio.create_task(grouper.submit("m:1", i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        waiting[0].cancel()  # what Serve does when a client disconnects or times out
+        waiting[2].cancel()
+        assert await first == "m:1:0" and await waiting[1] == "m:1:2"
+        return down.calls, grouper.abandoned
+
+    calls, abandoned = asyncio.run(main())
+    assert calls == [("m:1", [0]), ("m:1", [2])]
+    assert abandoned == 2
