@@ -12,17 +12,34 @@ per-call cost is shared by the group. No Ray import: unit-tested with plain asyn
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 SendGroup = Callable[[str, list], Awaitable[list]]
 
+# Weight of the newest call in the running estimate of seconds per item.
+_EWMA_WEIGHT = 0.2
+
+
+class Overloaded(Exception):
+    """The item would not be answered within its budget; nothing was queued.
+
+    `retry_after_s`: when the work queued now will have drained, at the measured rate.
+    """
+
+    def __init__(self, predicted_s: float, budget_s: float, retry_after_s: float):
+        super().__init__(f"predicted {predicted_s:.2f}s to answer, over the {budget_s:.2f}s budget")
+        self.predicted_s, self.budget_s, self.retry_after_s = predicted_s, budget_s, retry_after_s
+
 
 @dataclass
 class _Pending:
     waiting: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
     in_flight: int = 0
+    items_in_flight: int = 0
+    item_s: float | None = None  # measured downstream seconds per item (running average)
 
 
 class CallGrouper:
@@ -40,8 +57,32 @@ class CallGrouper:
         self._pending: dict[str, _Pending] = {}
         self.group_sizes: dict[int, int] = {}
         self.abandoned = 0  # items dropped unsent because their caller had gone (cancelled)
+        self.shed = 0  # items refused because they could not finish within their budget
+        self._item_s: dict[str, float] = {}  # outlives _Pending, which goes when a key is idle
 
-    async def submit(self, key: str, item: Any) -> Any:
+    def predicted_s(self, key: str) -> float | None:
+        """Seconds until a new item for `key` would be answered, or None before any call was measured.
+
+        The items ahead (waiting and in flight) drain through `max_in_flight` parallel calls at
+        the measured seconds per item; then the new item's own call.
+        """
+        item_s = self._item_s.get(key)
+        if item_s is None:
+            return None
+        pending = self._pending.get(key)
+        ahead = (len(pending.waiting) + pending.items_in_flight) if pending else 0
+        return item_s * (ahead / self.max_in_flight + 1)
+
+    def admit(self, key: str, budget_s: float) -> None:
+        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`."""
+        predicted = self.predicted_s(key)
+        if predicted is not None and predicted > budget_s:
+            self.shed += 1
+            raise Overloaded(predicted, budget_s, retry_after_s=predicted - self._item_s[key])
+
+    async def submit(self, key: str, item: Any, budget_s: float | None = None) -> Any:
+        if budget_s is not None:
+            self.admit(key, budget_s)
         pending = self._pending.setdefault(key, _Pending())
         future = asyncio.get_running_loop().create_future()
         pending.waiting.append((item, future))
@@ -62,10 +103,13 @@ class CallGrouper:
                     break
                 group, pending.waiting = live[: self.max_group], live[self.max_group :]
                 self.group_sizes[len(group)] = self.group_sizes.get(len(group), 0) + 1
+                pending.items_in_flight += len(group)
+                started = time.perf_counter()
                 try:
                     results = await self.send(key, [item for item, _ in group])
                     if len(results) != len(group):
                         raise RuntimeError(f"{len(results)} results for {len(group)} items")
+                    self._measure(key, (time.perf_counter() - started) / len(group))
                 except BaseException as exc:  # noqa: BLE001 - every waiter learns why
                     for _, future in group:
                         if not future.done():
@@ -73,6 +117,8 @@ class CallGrouper:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
+                finally:
+                    pending.items_in_flight -= len(group)
                 for (_, future), result in zip(group, results):
                     if not future.done():
                         future.set_result(result)
@@ -80,3 +126,7 @@ class CallGrouper:
             pending.in_flight -= 1
             if not pending.waiting and not pending.in_flight:
                 self._pending.pop(key, None)
+
+    def _measure(self, key: str, item_s: float) -> None:
+        old = self._item_s.get(key)
+        self._item_s[key] = item_s if old is None else old + _EWMA_WEIGHT * (item_s - old)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from ray import serve
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments.alias_watcher import AliasWatcher
-from deployments.call_grouping import CallGrouper
+from deployments.call_grouping import CallGrouper, Overloaded
 from deployments.image_codec import ImageDecodeError, decode_image
 from deployments.placement import local_first, node_id, node_info
 from deployments.preprocessing import prepare_image
@@ -32,6 +33,7 @@ from serve.http_api import (
     error_response,
     image_bytes,
     json_response,
+    latency_budget_s,
     predict_params,
     read_body,
     request_id,
@@ -124,14 +126,22 @@ class Preprocess:
         resolved = self._serving(name, alias)  # read once: this request's version, end to end
         spec = resolved.spec
         params = predict_params(request.query_params, spec, len(spec.labels))
-        body = await read_body(request, self.cfg.max_body_bytes)
-        data = image_bytes(request.headers.get("content-type"), body)
-        # cv2 releases the GIL: decoding off the event loop lets requests overlap.
-        image, meta = await asyncio.to_thread(self._prepare, data, resolved)
-        pre_ms = (time.perf_counter() - t0) * 1000
-
-        conf_floor = params.conf if spec.task == "detect" else 0.0
-        result = await self.grouper.submit(resolved.key, (image, conf_floor, meta, params))
+        budget_s = latency_budget_s(request, self.cfg.latency_budget_s)
+        try:
+            # Before reading and decoding: a request that will be refused should cost nothing.
+            self.grouper.admit(resolved.key, budget_s)
+            body = await read_body(request, self.cfg.max_body_bytes)
+            data = image_bytes(request.headers.get("content-type"), body)
+            # cv2 releases the GIL: decoding off the event loop lets requests overlap.
+            image, meta = await asyncio.to_thread(self._prepare, data, resolved)
+            pre_ms = (time.perf_counter() - t0) * 1000
+            conf_floor = params.conf if spec.task == "detect" else 0.0
+            remaining_s = budget_s - pre_ms / 1000
+            result = await self.grouper.submit(resolved.key, (image, conf_floor, meta, params), remaining_s)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", f"model {shown(name)} cannot answer within the "
+                           f"{budget_s * 1000:.0f} ms budget now ({exc}); retry later",
+                           {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
 
         timings = {"preprocess_ms": round(pre_ms, 2), **result.pop("timings_ms")}
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)

@@ -111,6 +111,14 @@ def predict_params(query, defaults, n_classes: int) -> PredictParams:
     )
 
 
+def latency_budget_s(request: Request, default_s: float) -> float:
+    """The request's latency budget: `X-Request-Timeout-Ms` header or `timeout_ms` query, else the model's."""
+    raw = request.headers.get("x-request-timeout-ms") or request.query_params.get("timeout_ms")
+    if not raw:
+        return default_s
+    return _number({"timeout_ms": raw}, "timeout_ms", int, None, 1, 600_000) / 1000
+
+
 # -- body ---------------------------------------------------------------------------------
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over `limit` bytes without ever holding more."""

@@ -85,6 +85,9 @@ class PipelineConfig(BaseModel):
     max_group: int = Field(default=8, ge=1, le=256)
     # Grouped calls per model version in flight at once from one ingress replica.
     max_in_flight: int = Field(default=2, ge=1, le=64)
+    # Latency budget of a predict request (seconds; per request: X-Request-Timeout-Ms header or
+    # timeout_ms query). A request predicted to miss it is refused at once with 503 `overloaded`.
+    latency_budget_s: float = Field(default=2.0, gt=0, le=600)
 
     @field_validator("models")
     @classmethod

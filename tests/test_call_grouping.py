@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from deployments.call_grouping import CallGrouper
+from deployments.call_grouping import CallGrouper, Overloaded
 
 
 class Downstream:
@@ -115,3 +115,31 @@ def test_items_whose_callers_have_gone_are_not_sent():
     calls, abandoned = asyncio.run(main())
     assert calls == [("m:1", [0]), ("m:1", [2])]
     assert abandoned == 2
+
+
+def test_an_item_that_cannot_finish_within_its_budget_is_refused_at_once():
+    """Issue 12, finding 3: admission predicts the wait from the queue ahead and the measured
+    seconds per item, and refuses (with when to retry) instead of queueing without bound."""
+
+    async def main():
+        down = Downstream(delay_s=0.05)  # one call of any size takes 50 ms
+        grouper = CallGrouper(down.send, max_group=1, max_in_flight=1)
+        await grouper.submit("m:1", 0, budget_s=0.3)  # nothing measured yet: admitted, and measured
+        loop = asyncio.get_running_loop()
+
+        async def timed(i):
+            t0 = loop.time()
+            try:
+                await grouper.submit("m:1", i, budget_s=0.3)
+                return "ok", loop.time() - t0, None
+            except Overloaded as exc:
+                return "shed", loop.time() - t0, exc.retry_after_s
+
+        return await asyncio.gather(*(timed(i) for i in range(1, 21))), grouper.shed
+
+    outcomes, shed = asyncio.run(main())
+    admitted = [t for kind, t, _ in outcomes if kind == "ok"]
+    refused = [(t, retry) for kind, t, retry in outcomes if kind == "shed"]
+    assert 3 <= len(admitted) <= 7 and len(refused) == shed == 20 - len(admitted)
+    assert max(admitted) <= 0.3 + 0.1  # every admitted item met its budget (scheduling margin)
+    assert all(t < 0.01 and retry > 0 for t, retry in refused)  # refused at once, with a retry time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import time
 
 import cv2
 import numpy as np
@@ -215,3 +216,37 @@ def test_a_long_model_name_is_not_echoed_whole_and_the_request_id_header_is_sing
     assert r.status_code == 200
     ids = r.raw.headers.getlist("x-request-id")
     assert ids == [r.json()["request_id"]], ids
+
+
+def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api):
+    """Issue 12, finding 3 (in part): far past capacity, every answer is a 200 or a JSON 503
+    `overloaded` with Retry-After, and none waits for Serve's 30 s timeout (before admission:
+    p50 8.5 s, then 408s). Not asserted, because not met on 2 cores: admitted answers within the
+    budget and refusals under 100 ms -- Serve's own per-request cost (~8-10 ms CPU per hop,
+    docs/benchmarks/floor.md) saturates the CPU ahead of the ingress's admission (measured with
+    20 clients and a 0.5 s budget: admitted p99 1.4-1.8 s, refusals median 0.25 s)."""
+    budget_ms, clients, seconds = 500, 20, 6
+    data = BUS_JPG.read_bytes()
+    predict(api, "yolo", data)  # the ingress has measured the model
+
+    def client(_):
+        out, session = [], requests.Session()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            r = session.post(f"{api}/v1/models/yolo/predict", data=data, timeout=60,
+                             headers={"content-type": "image/jpeg", "x-request-timeout-ms": str(budget_ms)})
+            out.append((r.status_code, time.monotonic() - t0, r.headers.get("retry-after"),
+                        r.json()["error"]["code"] if r.status_code != 200 else None))
+        return out
+
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = [x for chunk in pool.map(client, range(clients)) for x in chunk]
+    ok = sorted(t for status, t, _, _ in results if status == 200)
+    shed = [(t, retry, code) for status, t, retry, code in results if status == 503]
+    assert len(ok) + len(shed) == len(results), {s for s, *_ in results}  # no 408, no 500
+    assert ok and shed, (len(ok), len(shed))
+    assert all(code == "overloaded" and retry and int(retry) >= 1 for _, retry, code in shed)
+    assert max(t for _, t, *_ in results) < 5.0
+    print(f"\n{len(results)} answers: {len(ok)} x 200 (p99 {ok[int(len(ok) * 0.99)]:.3f}s), "
+          f"{len(shed)} x 503 (median {sorted(t for t, *_ in shed)[len(shed) // 2]:.3f}s)")
