@@ -71,7 +71,7 @@ class AliasWatcher:
             catalog = await asyncio.to_thread(self.source.poll)
             self.registry_error = None
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what is loaded
-            self.registry_error = _one_line(exc)
+            self.registry_error = one_line(exc)
             cached = exc.cached if isinstance(exc, RegistryUnavailable) else None
             if self.catalog is not None or cached is None:
                 log.warning("model source unreachable, serving what is loaded: %s", self.registry_error)
@@ -100,7 +100,7 @@ class AliasWatcher:
             await self.prepare(resolved)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the serving version
             st.attempts = st.attempts + 1 if st.failed_version == version else 1
-            st.failed_version, st.error = version, _one_line(exc)
+            st.failed_version, st.error = version, one_line(exc)
             st.retry_at = time.monotonic() + min(MAX_BACKOFF_S, self.base_backoff_s * 2 ** (st.attempts - 1))
             log.error("%s@%s: version %s cannot serve (attempt %d), keeping %s: %s",
                       name, alias, version, st.attempts, st.version, st.error)
@@ -130,7 +130,7 @@ class AliasWatcher:
         )
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     # Errors raised in another replica arrive wrapped with a traceback; keep the cause.
     lines = [line for line in text.splitlines() if line.strip()]

@@ -15,7 +15,7 @@ from deployments.model_versions import LoadedVersions
 from deployments.onnx_backend import BackendSettings, OnnxModel
 from deployments.placement import node_id, node_info
 from deployments.postprocessing import yolo_candidates
-from model_registry.source import ResolvedModel, model_key
+from model_registry.source import RegistryUnavailable, ResolvedModel, model_key
 from serve.settings import BatchingConfig, PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
@@ -136,9 +136,10 @@ class Inference:
         # Load and warm what serves now before this replica reports healthy.
         try:
             catalog = source.poll()
-        except Exception as exc:  # noqa: BLE001 - no catalog yet: load on demand later
+        except Exception as exc:  # noqa: BLE001 - no catalog: the cached one, else load on demand later
             log.warning("could not read the model catalog at start: %s", exc)
-            catalog = {}
+            catalog = (exc.cached if isinstance(exc, RegistryUnavailable) else None) or {}
+        # The catalog lists the serving alias first: what serves now is warm first.
         for models in catalog.values():
             for name, version in models.items():
                 try:

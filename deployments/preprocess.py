@@ -16,12 +16,13 @@ import math
 import time
 
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.alias_watcher import AliasWatcher
+from deployments.alias_watcher import AliasWatcher, one_line
 from deployments.call_grouping import CallGrouper, Overloaded
 from deployments.image_codec import ImageDecodeError, decode_image
 from deployments.placement import local_first, node_id, node_info
@@ -45,6 +46,13 @@ from serve.settings import PipelineConfig, make_source
 log = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = "1"
+STAGE_STATUS_TIMEOUT_S = 0.8
+# How long past a group's latest deadline its downstream call may run before it is abandoned.
+STAGE_SLACK_S = 1.0
+
+
+class StageTimeout(RuntimeError):
+    """A downstream stage did not answer in time (no live replica, or stuck)."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -84,16 +92,27 @@ class Preprocess:
             return error_response(
                 ApiError(503, "overloaded", "the pipeline is at capacity; retry shortly",
                          {"Retry-After": RETRY_AFTER_S}), rid)
+        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException,
+                StageTimeout) as exc:
+            # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
+            # arrive as RayTaskError): predict is idempotent, the client may retry.
+            log.warning("request %s: a stage is unavailable: %s", rid, one_line(exc))
+            return error_response(ApiError(503, "stage_unavailable", f"a pipeline stage is unavailable: "
+                                           f"{one_line(exc)}", {"Retry-After": RETRY_AFTER_S}), rid)
+        except Exception as exc:  # noqa: BLE001 - every error is the documented JSON, never Serve's text
+            log.exception("request %s failed", rid)
+            return error_response(ApiError(500, "internal_error", one_line(exc)), rid)
 
     # -- handlers -------------------------------------------------------------------------
     async def healthz(self, request: Request, rid: str) -> Response:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request, rid: str) -> Response:
-        ready = self.watcher.ready
         models = {name: self.watcher.states[(self.serving_alias, name)].state
                   for (alias, name) in self.watcher.states if alias == self.serving_alias}
-        body = {"ready": ready, "models": models}
+        stages = await self._stage_readiness()
+        ready = self.watcher.ready and all(v == "ready" for v in stages.values())
+        body = {"ready": ready, "models": models, "stages": stages}
         if self.watcher.registry_error:
             body["registry_error"] = self.watcher.registry_error
         return json_response(body, 200 if ready else 503, None if ready else {"Retry-After": "5"})
@@ -137,7 +156,8 @@ class Preprocess:
             pre_ms = (time.perf_counter() - t0) * 1000
             conf_floor = params.conf if spec.task == "detect" else 0.0
             remaining_s = budget_s - pre_ms / 1000
-            result = await self.grouper.submit(resolved.key, (image, conf_floor, meta, params), remaining_s)
+            item = (image, conf_floor, meta, params, time.monotonic() + remaining_s)
+            result = await self.grouper.submit(resolved.key, item, remaining_s)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"model {shown(name)} cannot answer within the "
                            f"{budget_s * 1000:.0f} ms budget now ({exc}); retry later",
@@ -158,10 +178,19 @@ class Preprocess:
         })  # Serve's proxy sets the x-request-id header (the same id: it fills the request header first)
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
-        """One inference call and one postprocess call for a group of requests of one version."""
-        images, confs, metas, params = (list(column) for column in zip(*items))
+        """One inference call and one postprocess call for a group of requests of one version.
+
+        Bounded by the group's latest deadline (+ slack): a stage with no live replica would
+        otherwise hold these requests until Serve's request timeout.
+        """
+        images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
         inferred = self.inference.remote(key, images, confs)
-        return await self.postprocess.remote(key, inferred, metas, params)
+        timeout_s = max(deadlines) - time.monotonic() + STAGE_SLACK_S
+        try:
+            return await asyncio.wait_for(self.postprocess.remote(key, inferred, metas, params), timeout_s)
+        except asyncio.TimeoutError:
+            raise StageTimeout(f"inference + postprocess of {key} did not answer within the "
+                               f"request's budget (+{STAGE_SLACK_S:.0f} s)") from None
 
     # -- helpers --------------------------------------------------------------------------
     def _prepare(self, data: bytes, resolved: ResolvedModel):
@@ -209,11 +238,32 @@ class Preprocess:
             out["error"] = main["error"]
         return out
 
+    async def _stage_status(self, handle: DeploymentHandle) -> dict:
+        """A stage replica's status, or an exception within STAGE_STATUS_TIMEOUT_S (a dead stage must
+        not hang /readyz: Serve would queue the call until a replica comes back)."""
+        return await asyncio.wait_for(handle.status.remote(), STAGE_STATUS_TIMEOUT_S)
+
+    async def _stage_readiness(self) -> dict[str, str]:
+        """Per stage: "ready" when a replica answers and holds every version the serving alias serves."""
+        keys = {r.key for r in self.watcher.serving.get(self.serving_alias, {}).values()}
+        handles = {"inference": self.inference, "postprocess": self.postprocess}
+        answers = await asyncio.gather(*(self._stage_status(h) for h in handles.values()), return_exceptions=True)
+        out = {}
+        for stage, answer in zip(handles, answers):
+            if isinstance(answer, BaseException):
+                reason = "no replica answered" if isinstance(answer, asyncio.TimeoutError) else one_line(answer)
+                out[stage] = f"unavailable: {reason}"
+            elif missing := sorted(keys - set(answer["models"])):
+                out[stage] = f"loading: {', '.join(missing)}"
+            else:
+                out[stage] = "ready"
+        return out
+
     async def _inference_info(self, key: str) -> dict:
         try:
-            status = await self.inference.status.remote()
+            status = await self._stage_status(self.inference)
         except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
-            return {"inference_error": str(exc)[:300]}
+            return {"inference_error": one_line(exc)}
         info = dict(status["models"].get(key, {}))
         info.pop("version", None)
         info.pop("state", None)
@@ -224,9 +274,9 @@ class Preprocess:
         placement = {"preprocess": node_info()}
         for stage, handle in (("inference", self.inference), ("postprocess", self.postprocess)):
             try:
-                placement[stage] = (await handle.status.remote())["node"]
+                placement[stage] = (await self._stage_status(handle))["node"]
             except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
-                placement[stage] = {"error": str(exc)[:300]}
+                placement[stage] = {"error": one_line(exc)}
         return placement
 
     def _unknown(self, name: str, alias: str | None = None) -> ApiError:
