@@ -72,13 +72,13 @@ class AliasWatcher:
             self.registry_error = None
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what is loaded
             self.registry_error = one_line(exc)
-            cached = exc.cached if isinstance(exc, RegistryUnavailable) else None
-            if self.catalog is not None or cached is None:
-                log.warning("model source unreachable, serving what is loaded: %s", self.registry_error)
+            # Follow the last catalog known (this replica's, else the node's cached one), so that
+            # versions that failed to load are retried during the outage too.
+            catalog = self.catalog or (exc.cached if isinstance(exc, RegistryUnavailable) else None)
+            if catalog is None:
+                log.warning("model source unreachable and no catalog known yet: %s", self.registry_error)
                 return
-            # A replica started during the outage serves the node's last known catalog.
-            log.warning("model source unreachable, serving the cached catalog: %s", self.registry_error)
-            catalog = cached
+            log.warning("model source unreachable, following the last known catalog: %s", self.registry_error)
         self.catalog = catalog
         for alias, models in catalog.items():
             for name, version in models.items():
