@@ -39,7 +39,6 @@ class _Pending:
     waiting: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
     in_flight: int = 0
     items_in_flight: int = 0
-    item_s: float | None = None  # measured downstream seconds per item (running average)
 
 
 class CallGrouper:

@@ -24,6 +24,7 @@ import time
 
 import psutil
 from ray import serve
+from starlette.responses import Response
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
@@ -38,8 +39,6 @@ class Ingress:
         self.hops, self.leaf = hops, leaf
 
     async def __call__(self, request):
-        from starlette.responses import Response
-
         value = b"ok"
         for _ in range(self.hops):
             value = await self.leaf.remote(value)

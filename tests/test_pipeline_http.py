@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import os
+import signal
+import threading
 import time
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -259,12 +263,6 @@ def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_
     Before: in-flight requests hung until Serve's 30 s timeout (plain-text 408), /readyz said 200
     throughout. Now every failure is a JSON 503 within the request's budget (+ slack), /readyz
     answers within a second and says 503 while the stage is gone, and serving comes back."""
-    import os
-    import signal
-    import threading
-
-    import psutil
-
     data, budget_ms, results = BUS_JPG.read_bytes(), 2000, []
     victim = next(p for p in psutil.process_iter(["cmdline"])
                   if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:pipeline:Inference"))
