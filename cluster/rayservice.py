@@ -22,9 +22,13 @@ TOKEN_SECRET = "visionray-ray-token"
 
 
 def serve_config_for_kubernetes(path: str | Path | None = None) -> dict:
-    """The serve config, with the proxy listening on the pod's interfaces (not loopback)."""
+    """The serve config, with Serve's proxy and the apps' own HTTP ports on the pod's interfaces
+    (not loopback)."""
     config = yaml.safe_load(Path(path or SERVE_CONFIG).read_text())
     config.setdefault("http_options", {})["host"] = "0.0.0.0"
+    for app in config.get("applications", []):
+        if app.get("args", {}).get("http_port") is not None:
+            app["args"]["http_host"] = "0.0.0.0"
     return config
 
 
@@ -65,6 +69,7 @@ def manifest(serve_config: str | Path | None = None) -> dict:
                         {"containerPort": 6379, "name": "gcs"},
                         {"containerPort": 8265, "name": "dashboard"},
                         {"containerPort": 8000, "name": "serve"},
+                        {"containerPort": 8001, "name": "serve-proxy"},
                     ])]}},
                 },
                 "workerGroupSpecs": [{
@@ -73,7 +78,12 @@ def manifest(serve_config: str | Path | None = None) -> dict:
                     "minReplicas": 1,
                     "maxReplicas": 8,
                     "rayStartParams": {"labels": node_labels},
-                    "template": {"spec": {"containers": [_container("ray-worker")]}},
+                    # 8000: the ingress replicas' own HTTP port, on the pods that run one;
+                    # 8001: Serve's proxy, on every pod.
+                    "template": {"spec": {"containers": [_container("ray-worker", [
+                        {"containerPort": 8000, "name": "serve"},
+                        {"containerPort": 8001, "name": "serve-proxy"},
+                    ])]}},
                 }],
             },
         },

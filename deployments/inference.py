@@ -121,12 +121,13 @@ class BatchedModel:
         }
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=64,
-    user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.0},
-)
-class Inference:
+class InferenceStage:
+    """The inference stage: every loaded version of every model, each with its batch queue.
+
+    A Serve deployment of its own (`Inference`, below) or, with `stages: in_process`, an
+    object inside the ingress replica (deployments/stage_links.py).
+    """
+
     def __init__(self, config: dict):
         cfg = PipelineConfig.model_validate(config)
         self._backend = BackendSettings(**cfg.backend.model_dump())
@@ -169,3 +170,11 @@ class Inference:
             "failures": dict(self.versions.failures),
             "node": node_info(),
         }
+
+
+Inference = serve.deployment(
+    name="Inference",
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=64,
+    user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.0},
+)(InferenceStage)

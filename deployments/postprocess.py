@@ -27,8 +27,9 @@ def postprocess(
     return {"classes": top_k(probs, params.top_k, spec.labels)}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class Postprocess:
+class PostprocessStage:
+    """The postprocess stage: a Serve deployment (`Postprocess`) or in-process (stage_links.py)."""
+
     def __init__(self, config: dict):
         cfg = PipelineConfig.model_validate(config)
         self.versions = LoadedVersions(make_source(cfg), lambda resolved: resolved, cfg.registry.keep_versions)
@@ -56,3 +57,7 @@ class Postprocess:
     def status(self) -> dict:
         return {"models": {key: {"version": r.version, "state": "ready"} for key, r in self.versions.items()},
                 "failures": dict(self.versions.failures), "node": node_info()}
+
+
+Postprocess = serve.deployment(name="Postprocess", ray_actor_options={"num_cpus": 0.25},
+                               max_ongoing_requests=64)(PostprocessStage)

@@ -1,11 +1,12 @@
-"""Preprocess stage, which is also the HTTP ingress.
+"""The ingress: HTTP, routing, validation, decode + letterbox; inference and postprocess after.
 
 Request path, one read:
-  proxy -> Preprocess.__call__: route, validate, decode + letterbox (uint8)
-        -> Inference (batched)  --candidates-->  Postprocess  --JSON dict--> back here
-The inference response is handed to Postprocess as a DeploymentResponse, so the model
-output goes straight from Inference to Postprocess and never through this replica.
-Putting the ingress and preprocess in one deployment saves a full hop per request.
+  client -> this replica's own HTTP port (serve/http_server.py), or Serve's proxy -> __call__
+         -> route, validate, admit, decode + letterbox (uint8)
+         -> stages.run: inference (batched) -> postprocess -> JSON dict -> back here
+`stages` is either the Inference and Postprocess deployments (`stages: deployments`) or the
+same stage classes inside this replica (`stages: in_process`); deployments/stage_links.py
+says when each pays. Putting the ingress and preprocess in one deployment saves a hop.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from starlette.responses import Response
 from deployments.alias_watcher import AliasWatcher, one_line
 from deployments.call_grouping import CallGrouper, Overloaded
 from deployments.image_codec import ImageDecodeError, decode_image
-from deployments.placement import local_first, node_id, node_info
+from deployments.placement import node_id, node_info
 from deployments.preprocessing import prepare_image
+from deployments.stage_links import InProcessStages, RemoteStages, StageTimeout
 from model_registry.source import ResolvedModel
+from serve.autoscaling import OWN_HTTP_ONGOING
 from serve.http_api import (
     ApiError,
     discard_unread_body,
@@ -41,42 +44,59 @@ from serve.http_api import (
     route,
     shown,
 )
+from serve.http_server import IngressHttpServer
 from serve.settings import PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = "1"
-STAGE_STATUS_TIMEOUT_S = 0.8
-# How long past a group's latest deadline its downstream call may run before it is abandoned.
-STAGE_SLACK_S = 1.0
-
-
-class StageTimeout(RuntimeError):
-    """A downstream stage did not answer in time (no live replica, or stuck)."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Preprocess:
-    async def __init__(self, config: dict, inference: DeploymentHandle, postprocess: DeploymentHandle):
+    async def __init__(self, config: dict, inference: DeploymentHandle | None = None,
+                       postprocess: DeploymentHandle | None = None):
         self.cfg = PipelineConfig.model_validate(config)
-        # Local first: an image stays on the node that decoded it (edge: on its Jetson).
-        self.inference = local_first(inference)
-        self.postprocess = local_first(postprocess)
+        if inference is not None and postprocess is not None:
+            self.stages = RemoteStages(inference, postprocess)
+        else:
+            self.stages = InProcessStages(config)
         self.grouper = CallGrouper(self._send_group, self.cfg.max_group, self.cfg.max_in_flight)
         self.serving_alias = self.cfg.registry.serving_alias
         self.aliases = self.cfg.registry.aliases
         self.watcher = AliasWatcher(make_source(self.cfg), self._prepare_stages, self.cfg.registry.poll_interval_s)
         await self.watcher.poll_once()
         self._watch_task = asyncio.create_task(self.watcher.run())
+        self.http = None
+        if self.cfg.http_port is not None:
+            self.http = IngressHttpServer(self._own_http_request, self.cfg.http_host, self.cfg.http_port)
+            await self.http.start()
 
     async def _prepare_stages(self, resolved: ResolvedModel) -> None:
         """Load and warm a version in inference and postprocess before it may serve."""
-        await asyncio.gather(
-            self.inference.load.remote(resolved.key), self.postprocess.load.remote(resolved.key)
-        )
+        await self.stages.load(resolved.key)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.stages.reconfigure(user_config)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {OWN_HTTP_ONGOING: float(self.http.ongoing if self.http else 0)}
+
+    async def __del__(self):
+        if getattr(self, "http", None) is not None:
+            await self.http.stop()
 
     async def __call__(self, request: Request) -> Response:
+        """A request from Serve's proxy, which sets the x-request-id header itself."""
+        return await self.answer(request, request_id(request))
+
+    async def _own_http_request(self, request: Request) -> Response:
         rid = request_id(request)
+        response = await self.answer(request, rid)
+        response.headers["x-request-id"] = rid
+        return response
+
+    async def answer(self, request: Request, rid: str) -> Response:
         try:
             path = request.url.path
             # Under a route_prefix other than "/", Serve passes it as root_path.
@@ -175,22 +195,11 @@ class Preprocess:
             "served_by": {"preprocess": node_id(), **result.pop("served_by")},
             "timings_ms": timings,
             "request_id": rid,
-        })  # Serve's proxy sets the x-request-id header (the same id: it fills the request header first)
+        })
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
-        """One inference call and one postprocess call for a group of requests of one version.
-
-        Bounded by the group's latest deadline (+ slack): a stage with no live replica would
-        otherwise hold these requests until Serve's request timeout.
-        """
         images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
-        inferred = self.inference.remote(key, images, confs)
-        timeout_s = max(deadlines) - time.monotonic() + STAGE_SLACK_S
-        try:
-            return await asyncio.wait_for(self.postprocess.remote(key, inferred, metas, params), timeout_s)
-        except asyncio.TimeoutError:
-            raise StageTimeout(f"inference + postprocess of {key} did not answer within the "
-                               f"request's budget (+{STAGE_SLACK_S:.0f} s)") from None
+        return await self.stages.run(key, images, confs, metas, params, max(deadlines))
 
     # -- helpers --------------------------------------------------------------------------
     def _prepare(self, data: bytes, resolved: ResolvedModel):
@@ -238,18 +247,13 @@ class Preprocess:
             out["error"] = main["error"]
         return out
 
-    async def _stage_status(self, handle: DeploymentHandle) -> dict:
-        """A stage replica's status, or an exception within STAGE_STATUS_TIMEOUT_S (a dead stage must
-        not hang /readyz: Serve would queue the call until a replica comes back)."""
-        return await asyncio.wait_for(handle.status.remote(), STAGE_STATUS_TIMEOUT_S)
-
     async def _stage_readiness(self) -> dict[str, str]:
         """Per stage: "ready" when a replica answers and holds every version the serving alias serves."""
         keys = {r.key for r in self.watcher.serving.get(self.serving_alias, {}).values()}
-        handles = {"inference": self.inference, "postprocess": self.postprocess}
-        answers = await asyncio.gather(*(self._stage_status(h) for h in handles.values()), return_exceptions=True)
+        stages = ("inference", "postprocess")
+        answers = await asyncio.gather(*(self.stages.status(s) for s in stages), return_exceptions=True)
         out = {}
-        for stage, answer in zip(handles, answers):
+        for stage, answer in zip(stages, answers):
             if isinstance(answer, BaseException):
                 reason = "no replica answered" if isinstance(answer, asyncio.TimeoutError) else one_line(answer)
                 out[stage] = f"unavailable: {reason}"
@@ -261,7 +265,7 @@ class Preprocess:
 
     async def _inference_info(self, key: str) -> dict:
         try:
-            status = await self._stage_status(self.inference)
+            status = await self.stages.status("inference")
         except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
             return {"inference_error": one_line(exc)}
         info = dict(status["models"].get(key, {}))
@@ -272,9 +276,9 @@ class Preprocess:
     async def _placement(self) -> dict:
         """The node (id, labels) of the replica of each stage that answered this call."""
         placement = {"preprocess": node_info()}
-        for stage, handle in (("inference", self.inference), ("postprocess", self.postprocess)):
+        for stage in ("inference", "postprocess"):
             try:
-                placement[stage] = (await self._stage_status(handle))["node"]
+                placement[stage] = (await self.stages.status(stage))["node"]
             except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
                 placement[stage] = {"error": one_line(exc)}
         return placement

@@ -6,6 +6,8 @@ validated here once, and every deployment receives the validated object.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.model_spec import PRESETS
@@ -88,6 +90,14 @@ class PipelineConfig(BaseModel):
     # Latency budget of a predict request (seconds; per request: X-Request-Timeout-Ms header or
     # timeout_ms query). A request predicted to miss it is refused at once with 503 `overloaded`.
     latency_budget_s: float = Field(default=2.0, gt=0, le=600)
+    # Where inference and postprocess run (deployments/stage_links.py): their own Serve
+    # deployments ("deployments": placed and autoscaled apart, e.g. inference on GPU nodes), or
+    # inside each ingress replica ("in_process": no hop; one deployment named Pipeline).
+    stages: Literal["deployments", "in_process"] = "deployments"
+    # The ingress replicas' own HTTP port (serve/http_server.py), shared by every ingress replica
+    # of a node; null: only through Serve's proxy. One port per application.
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+    http_host: str = "127.0.0.1"
 
     @field_validator("models")
     @classmethod

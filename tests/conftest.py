@@ -18,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_YAML = REPO / "serve" / "config.yaml"
+EDGE_YAML = REPO / "serve" / "edge.yaml"  # its first app: the same pipeline, stages as deployments
 
 
 def free_port() -> int:
@@ -48,12 +49,17 @@ def ray_cluster():
     ray.shutdown()
 
 
-def app_config(name: str, route_prefix: str, models: list[dict], **arg_overrides) -> dict:
-    """serve/config.yaml's application with other models: the pipeline under test is the shipped one."""
-    shipped = yaml.safe_load(CONFIG_YAML.read_text())["applications"][0]
-    app = copy.deepcopy(shipped)
+def app_config(name: str, route_prefix: str, models: list[dict], stages: str = "in_process",
+               http_port: int | None = None, **arg_overrides) -> dict:
+    """The shipped application with other models: serve/config.yaml's (stages in process), or with
+    `stages="deployments"` serve/edge.yaml's datacenter app (three deployments).
+
+    `http_port`: the ingress replicas' own HTTP port (None: only through Serve's proxy).
+    """
+    source = CONFIG_YAML if stages == "in_process" else EDGE_YAML
+    app = copy.deepcopy(yaml.safe_load(source.read_text())["applications"][0])
     app.update(name=name, route_prefix=route_prefix)
-    app["args"] = {**app["args"], "models": models, **arg_overrides}
+    app["args"] = {**app["args"], "models": models, "http_port": http_port, **arg_overrides}
     for d in app["deployments"]:
         # One replica each keeps the test cluster small and batch statistics in one place.
         d.pop("autoscaling_config", None)

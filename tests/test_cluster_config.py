@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -58,7 +59,18 @@ def test_join_dry_run_builds_the_ray_start_command_for_a_jetson():
 def test_edge_config_validates_and_keeps_the_datacenter_app_identical():
     ServeDeploySchema.model_validate(EDGE)
     datacenter, edge = EDGE["applications"]
-    assert datacenter == CONFIG["applications"][0]
+    single_node = CONFIG["applications"][0]
+    # The same app with its stages placed apart: only where the stages run and the way in differ.
+    split_keys = {"stages", "http_port", "http_host"}
+    assert {k: v for k, v in datacenter["args"].items() if k not in split_keys} == {
+        k: v for k, v in single_node["args"].items() if k not in split_keys}
+    assert (datacenter["args"]["stages"], single_node["args"]["stages"]) == ("deployments", "in_process")
+    assert {k: v for k, v in datacenter.items() if k not in ("args", "deployments")} == {
+        k: v for k, v in single_node.items() if k not in ("args", "deployments")}
+    assert [d["name"] for d in datacenter["deployments"]] == ["Preprocess", "Inference", "Postprocess"]
+    assert [d["name"] for d in single_node["deployments"]] == ["Pipeline"]
+    pipeline, inference = single_node["deployments"][0], datacenter["deployments"][1]
+    assert pipeline["user_config"] == inference["user_config"]  # the same batching either way
     PipelineConfig.model_validate(edge["args"])
     for d in edge["deployments"]:
         opts = d["ray_actor_options"]
@@ -76,9 +88,12 @@ def test_rayservice_serve_config_is_serve_config_yaml_and_valid():
     committed = yaml.safe_load(rayservice.MANIFEST.read_text())
     served = yaml.safe_load(committed["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(served)
-    assert served["applications"] == CONFIG["applications"]
-    assert {k: v for k, v in served.items() if k != "http_options"} == {
-        k: v for k, v in CONFIG.items() if k != "http_options"}
+    kubernetes_apps = copy.deepcopy(CONFIG["applications"])
+    for app in kubernetes_apps:
+        app["args"]["http_host"] = "0.0.0.0"  # the pod's interfaces, not loopback
+    assert served["applications"] == kubernetes_apps
+    assert {k: v for k, v in served.items() if k not in ("http_options", "applications")} == {
+        k: v for k, v in CONFIG.items() if k not in ("http_options", "applications")}
     assert served["http_options"] == {**CONFIG["http_options"], "host": "0.0.0.0"}
     import ray
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import app_config, deploy, wait_ready
+from tests.conftest import app_config, deploy, free_port, wait_ready
 from tests.models import (
     BUS_JPG,
     YOLO_DYNAMIC,
@@ -43,13 +43,17 @@ def api(ray_cluster, tmp_path_factory):
         {"name": "colors", "path": str(color_classifier(tmp / "colors2.onnx", softmax=True))},
         {"name": "missing", "path": str(tmp / "does-not-exist.onnx")},
     ]
-    pipeline = app_config("pipeline", "/", models, max_body_bytes=MAX_BODY)
+    # The stages as three deployments, reached on the ingress's own HTTP port; the "partial" app
+    # (stages in process) through Serve's proxy: both ways in, both placements.
+    port = free_port()
+    pipeline = app_config("pipeline", "/", models, stages="deployments", http_port=port, max_body_bytes=MAX_BODY)
     # The shipped CPU tuning runs unbatched; these tests exercise dynamic batching itself.
     inference = next(d for d in pipeline["deployments"] if d["name"] == "Inference")
     inference["user_config"] = {"max_batch_size": 8, "max_concurrent_batches": 1, "batch_wait_timeout_s": 0.0}
     deploy([pipeline, app_config("partial", "/partial", broken)], ray_cluster)
-    wait_ready(f"{ray_cluster}/readyz")
-    return ray_cluster
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/readyz")
+    return base
 
 
 def predict(base, model, data, content_type="image/jpeg", **params):
@@ -176,8 +180,8 @@ def test_hostile_images_are_refused_not_crashed(api):
     assert r.status_code in (200, 400)  # cv2 may recover a partial image; it must never 500
 
 
-def test_a_model_that_fails_to_load_does_not_take_down_the_others(api):
-    base = f"{api}/partial"
+def test_a_model_that_fails_to_load_does_not_take_down_the_others(api, ray_cluster):
+    base = f"{ray_cluster}/partial"  # Serve's proxy
     r = requests.get(f"{base}/readyz", timeout=30)
     assert r.status_code == 503 and r.json()["models"]["missing"] == "failed"
     r = predict(base, "missing", BUS_JPG.read_bytes())

@@ -1,0 +1,99 @@
+"""The ingress replica's own HTTP server: the data plane's port, without Serve's proxy.
+
+Every request through Serve's HTTP path costs ~8-9 ms of CPU on a 2-core EPYC before any
+work (proxy, router, actor call, replica wrappers; docs/benchmarks/floor.md); Serve's
+direct ingress saves ~1 ms of it. A plain uvicorn server costs about a tenth of that. So
+each ingress replica runs one, on the application's `http_port`, in the replica's own event
+loop, calling the same handler Serve's proxy calls.
+
+The port is shared: the socket is bound with SO_REUSEPORT, so every ingress replica on a
+node listens on it and the kernel spreads connections over them. Serve's proxy stays up on
+its own port (any node, every app) as the second way in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("ray.serve")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # The replica's signals belong to Ray.
+        yield
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} for the visionray HTTP port: {exc.strerror} "
+                                 f"(another program has it; set the app's http_port, or null for Serve's "
+                                 f"proxy only)") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class IngressHttpServer:
+    """uvicorn on a shared port, every request handed to `handle` (the ingress's __call__)."""
+
+    def __init__(self, handle: Handler, host: str, port: int, keep_alive_s: float = 5.0):
+        self.handle = handle
+        self.host, self.port = host, port
+        self.ongoing = 0  # requests being answered now: reported to the autoscaler
+        self._config = uvicorn.Config(
+            self._asgi, interface="asgi3", lifespan="off", http="httptools", loop="none", access_log=False,
+            proxy_headers=False,
+            log_level="warning", timeout_keep_alive=keep_alive_s, server_header=False,
+        )
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sock = shared_socket(self.host, self.port)
+        self._server = _QuietServer(self._config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it stopped
+                raise RuntimeError(f"the HTTP server on {self.host}:{self.port} stopped while starting")
+            await asyncio.sleep(0.01)
+        log.info("visionray HTTP on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+    async def _asgi(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        self.ongoing += 1
+        try:
+            response = await self.handle(Request(scope, receive))
+            await response(scope, receive, send)
+        except Exception:
+            # The handler answers every error itself; this is a bug, and uvicorn's own log is off.
+            log.exception("the HTTP handler raised")
+            raise
+        finally:
+            self.ongoing -= 1
