@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.conftest import free_port
+from serve.app_deploy import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VISIONRAY = [sys.executable, "-m", "serve.cli"]

@@ -19,8 +19,8 @@ import yaml
 
 from model_registry import registry
 from model_registry.mlflow_server import running_mlflow_server
+from serve.app_deploy import free_port
 from tests.cluster_helpers import kill_tree, start_head, wait_for
-from tests.conftest import free_port
 from tests.models import BUS_JPG, YOLO_QDQ, assert_bus_detections, needs_shared_models
 
 pytestmark = needs_shared_models

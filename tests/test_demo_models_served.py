@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from demo_models import evaluate
-from tests.conftest import app_config, deploy, wait_ready
+from serve.app_deploy import app_config, deploy, wait_ready
 
 # The bars of the issue; the in-process figures are in demo_models/README.md.
 MIN_MAP50 = 0.90
@@ -34,7 +34,7 @@ def demo_api(ray_cluster):
         {"name": "shapes-detector", "path": str(evaluate.DETECTOR_PATH)},
         {"name": "shapes-classifier", "path": str(evaluate.CLASSIFIER_PATH)},
     ]
-    deploy([app_config("demo", "/demo", models)], ray_cluster)
+    deploy([app_config("demo", "/demo", models)])
     base = f"{ray_cluster}/demo"
     wait_ready(f"{base}/readyz")
     return base

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import app_config, deploy, free_port, wait_ready
+from serve.app_deploy import app_config, deploy, free_port, wait_ready
 from tests.models import (
     BUS_JPG,
     YOLO_DYNAMIC,
@@ -50,7 +50,7 @@ def api(ray_cluster, tmp_path_factory):
     # The shipped CPU tuning runs unbatched; these tests exercise dynamic batching itself.
     inference = next(d for d in pipeline["deployments"] if d["name"] == "Inference")
     inference["user_config"] = {"max_batch_size": 8, "max_concurrent_batches": 1, "batch_wait_timeout_s": 0.0}
-    deploy([pipeline, app_config("partial", "/partial", broken)], ray_cluster)
+    deploy([pipeline, app_config("partial", "/partial", broken)])
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/readyz")
     return base

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from serve import platform
-from tests.conftest import free_port
+from serve.app_deploy import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from ray import serve
 
 from model_registry import registry
 from model_registry.mlflow_server import running_mlflow_server
-from tests.conftest import app_config, deploy, wait_ready
+from serve.app_deploy import app_config, deploy, wait_ready
 from tests.conftest_registry_helpers import write_classifier
 from tests.models import COLOR_CLASSES, color_classifier, solid_image
 
@@ -115,7 +115,7 @@ def served(backend, ray_cluster, tmp_path_factory):
     app = app_config(name, prefix, [])
     app["args"] = {**app["args"], **args}
     app["args"].pop("models")
-    deploy([app], ray_cluster)
+    deploy([app])
     base = f"{ray_cluster}{prefix}"
     wait_ready(f"{base}/readyz")
     yield {"base": base, "uri": uri, "v1": v1.version, "v2": v2.version, "models": models, "data": data}
