@@ -86,7 +86,10 @@ class BatchedModel:
             self._slot_free.clear()
         t0 = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, images, confs)
+            # Alone: nothing else runs this model now, so a single image may use every core.
+            alone = self._running == 1
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._infer, images, confs, alone)
         finally:
             self._running -= 1
             self._slot_free.set()
@@ -98,8 +101,8 @@ class BatchedModel:
             start += len(group_images)
         return answers
 
-    def _infer(self, images: list[np.ndarray], confs: list[float]) -> list[np.ndarray]:
-        out = self.model.run(images)
+    def _infer(self, images: list[np.ndarray], confs: list[float], alone: bool) -> list[np.ndarray]:
+        out = self.model.run(images, alone)
         if self.resolved.spec.task == "detect":
             # Ship only candidates above the request's threshold, not the raw [4+nc, N].
             return [yolo_candidates(out[i], conf) for i, conf in enumerate(confs)]
@@ -116,6 +119,7 @@ class BatchedModel:
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "max_concurrent_batches": self.max_concurrent_batches,
+            "lone_run_threads": self.model.lone_run_threads,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "load_ms": round(self.model.load_ms, 1),
         }
@@ -130,7 +134,7 @@ class InferenceStage:
 
     def __init__(self, config: dict):
         cfg = PipelineConfig.model_validate(config)
-        self._backend = BackendSettings(**cfg.backend.model_dump())
+        self._backend = cfg.backend.settings()
         self._batching = BatchingConfig()
         source = make_source(cfg)
         self.versions = LoadedVersions(source, self._build, cfg.registry.keep_versions)

@@ -106,7 +106,8 @@ class Preprocess:
             handler, path_params = route(request.method, path)
             return await getattr(self, handler)(request, rid, **path_params)
         except ApiError as err:
-            await discard_unread_body(request)
+            if err.status != 408:  # a stalled body is not waited for twice
+                await discard_unread_body(request)
             return error_response(err, rid)
         except BackPressureError:
             return error_response(
@@ -169,7 +170,7 @@ class Preprocess:
         try:
             # Before reading and decoding: a request that will be refused should cost nothing.
             self.grouper.admit(resolved.key, budget_s)
-            body = await read_body(request, self.cfg.max_body_bytes)
+            body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             data = image_bytes(request.headers.get("content-type"), body)
             # cv2 releases the GIL: decoding off the event loop lets requests overlap.
             image, meta = await asyncio.to_thread(self._prepare, data, resolved)

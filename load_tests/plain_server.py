@@ -27,7 +27,8 @@ def make_app(pipeline: LocalPipeline) -> Starlette:
     async def predict(request: Request) -> Response:
         data = await request.body()
         result = await run_in_threadpool(pipeline, data)
-        return Response(json.dumps(result), media_type="application/json")
+        body = {"model": request.path_params["name"], "task": pipeline.resolved.spec.task, **result}
+        return Response(json.dumps(body), media_type="application/json")
 
     async def healthz(request: Request) -> Response:
         return Response('{"status":"ok"}', media_type="application/json")

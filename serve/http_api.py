@@ -120,8 +120,17 @@ def latency_budget_s(request: Request, default_s: float) -> float:
 
 
 # -- body ---------------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes without ever holding more."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes without ever holding more, and
+    (408) a body that has not fully arrived within `timeout_s`: a client trickling bytes holds no
+    slot, but must not hold its request open for ever either."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -44,8 +44,20 @@ class BackendConfig(BaseModel):
     # Priority order; entries are provider names or [name, {options}].
     providers: list = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(default=2, ge=1)
+    # Threads of a run that has the model to itself ("auto": the cores this process may use; 0:
+    # off). Lets a lone request use every core while concurrent runs stay single-threaded.
+    lone_run_threads: int | Literal["auto"] = "auto"
     allow_spinning: bool = False
     trt_engine_cache_dir: str | None = None
+
+    def settings(self):
+        """The backend's BackendSettings, with "auto" resolved on the machine running it."""
+        from deployments.onnx_backend import BackendSettings, cores_available
+
+        fields = self.model_dump()
+        if fields["lone_run_threads"] == "auto":
+            fields["lone_run_threads"] = cores_available()
+        return BackendSettings(**fields)
 
 
 class RegistryConfig(BaseModel):
@@ -83,6 +95,8 @@ class PipelineConfig(BaseModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # A predict body that has not fully arrived by then gets 408 (a slow or stalled client).
+    body_timeout_s: float = Field(default=10.0, gt=0, le=600)
     # Most requests the ingress sends downstream in one call (deployments/call_grouping.py).
     max_group: int = Field(default=8, ge=1, le=256)
     # Grouped calls per model version in flight at once from one ingress replica.

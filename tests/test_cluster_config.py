@@ -100,3 +100,11 @@ def test_rayservice_serve_config_is_serve_config_yaml_and_valid():
     assert committed["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
     # Up to date with its generator (regenerate: visionray cluster rayservice -o cluster/kuberay/rayservice.yaml).
     assert rayservice.MANIFEST.read_text() == rayservice.render()
+
+
+def test_make_up_checks_and_prints_the_ports_serve_config_yaml_uses():
+    from serve import platform
+
+    assert CONFIG["http_options"]["port"] == platform.SERVE_PROXY_PORT
+    assert CONFIG["applications"][0]["args"]["http_port"] == platform.HTTP_PORT
+    assert CONFIG["applications"][0]["args"]["http_host"] == "127.0.0.1"  # loopback only (make up)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -29,6 +31,7 @@ from tests.models import (
 pytestmark = needs_shared_models
 
 MAX_BODY = 2_000_000
+BODY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,8 @@ def api(ray_cluster, tmp_path_factory):
     # The stages as three deployments, reached on the ingress's own HTTP port; the "partial" app
     # (stages in process) through Serve's proxy: both ways in, both placements.
     port = free_port()
-    pipeline = app_config("pipeline", "/", models, stages="deployments", http_port=port, max_body_bytes=MAX_BODY)
+    pipeline = app_config("pipeline", "/", models, stages="deployments", http_port=port, max_body_bytes=MAX_BODY,
+                          body_timeout_s=BODY_TIMEOUT_S)
     # The shipped CPU tuning runs unbatched; these tests exercise dynamic batching itself.
     inference = next(d for d in pipeline["deployments"] if d["name"] == "Inference")
     inference["user_config"] = {"max_batch_size": 8, "max_concurrent_batches": 1, "batch_wait_timeout_s": 0.0}
@@ -225,6 +229,49 @@ def test_a_long_model_name_is_not_echoed_whole_and_the_request_id_header_is_sing
     assert r.status_code == 200
     ids = r.raw.headers.getlist("x-request-id")
     assert ids == [r.json()["request_id"]], ids
+
+
+def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
+    """Issue 12, finding 5: 70 connections sending 1 byte/s used to block all traffic for 30 s
+    (Serve's replica slots). On the ingress's own port a slow client holds a coroutine, not a slot,
+    and its body is cut off after `body_timeout_s` with a JSON 408."""
+    host, port = api.removeprefix("http://").split(":")
+    slow = []
+    for _ in range(100):
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(b"POST /v1/models/yolo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
+        slow.append(s)
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            for s in slow:
+                try:
+                    s.send(b"\xff")
+                except OSError:
+                    pass
+            stop.wait(1.0)
+
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    try:
+        data, times = BUS_JPG.read_bytes(), []
+        for _ in range(10):
+            t0 = time.monotonic()
+            assert predict(api, "yolo", data).status_code == 200
+            times.append(time.monotonic() - t0)
+        assert max(times) < 2.0, times  # a lone YOLOv8n request takes ~0.1-0.2 s on 2 cores
+        time.sleep(BODY_TIMEOUT_S + 1)
+        answer = slow[0].recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        body = json.loads(answer.split("\r\n\r\n", 1)[1])
+        assert body["error"]["code"] == "request_timeout" and body["request_id"]
+    finally:
+        stop.set()
+        trickler.join()
+        for s in slow:
+            s.close()
 
 
 def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api):

@@ -26,6 +26,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(platform, "STATE_FILE", data / "platform.json")
     monkeypatch.setattr(platform, "LOG_DIR", data / "logs")
     monkeypatch.setattr(platform, "HTTP_PORT", free_port())
+    monkeypatch.setattr(platform, "SERVE_PROXY_PORT", free_port())
     monkeypatch.setattr(platform, "DASHBOARD_PORT", free_port())
     return data
 
