@@ -82,6 +82,20 @@ def default_workloads() -> list[tuple[str, Path, Path]]:
     return out
 
 
+def median_row(runs: list[Row]) -> Row:
+    """One row from several rounds of one setup: medians, errors summed, the median-CPU run's breakdown."""
+    if len(runs) == 1:
+        return runs[0]
+    by_cpu = sorted(runs, key=lambda r: r.cpu_ms_per_req)
+    mid = by_cpu[len(by_cpu) // 2]
+
+    def med(attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs)
+
+    return Row(mid.model, mid.setup, mid.concurrency, sum(r.requests for r in runs), med("img_s"), med("p50_ms"),
+               med("p95_ms"), med("p99_ms"), sum(r.errors for r in runs), med("cpu_ms_per_req"), mid.cpu_breakdown)
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -395,7 +409,8 @@ def markdown(meta: dict, table: list[dict], checks: list[str], autoscale: dict |
         f"### Benchmark {meta['date']} — {meta['machine']}",
         "",
         f"Models {meta['models']}, providers {meta['providers']}, ORT intra-op threads "
-        f"{meta['intra_op_threads']}, {meta['duration_s']:.0f} s per point, stages `{meta['stages']}`"
+        f"{meta['intra_op_threads']}, {meta['duration_s']:.0f} s per point × {meta['rounds']} rounds (medians), "
+        f"stages `{meta['stages']}`"
         f"{', env ' + ' '.join(meta['env']) if meta['env'] else ''}, inference batching "
         f"`{json.dumps(meta['inference_user_config'])}`.",
         "",
@@ -434,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="one model instead of the default fast + slow pair")
     ap.add_argument("--image", type=Path, help="its image (default: the demo sample)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="the sweep (default: 1 8)")
-    ap.add_argument("--duration", type=float, default=20, help="seconds per point")
+    ap.add_argument("--duration", type=float, default=15, help="seconds per point and round")
+    ap.add_argument("--rounds", type=int, default=2, help="turns each setup takes per point (median reported)")
     ap.add_argument("--device", choices=sorted(DEVICE_PROVIDERS), default="cpu")
     ap.add_argument("--stages", choices=["in_process", "deployments"], default="in_process",
                     help="serve/config.yaml's app (default) or serve/edge.yaml's (stages as deployments)")
@@ -477,48 +493,60 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
 
     rows: list[Row] = []
-    for label, model, image in workloads:
-        data = image.read_bytes()
-        pipeline = LocalPipeline(model, BackendSettings(providers=providers, intra_op_threads=args.intra_op_threads))
-        print(f"in-process providers in use: {pipeline.model.providers}", flush=True)
-        for c in args.concurrency:
-            record(in_process(label, pipeline, data, c, args.duration))
-        del pipeline
-        if 1 in args.concurrency and rows[-len(args.concurrency)].cpu_ms_per_req > FAST_MODEL_CPU_MS:
-            # A slow model's lone request: at every thread count (the c1 target is its best).
-            for threads in range(1, (os.cpu_count() or 1) + 1):
-                if threads != args.intra_op_threads:
-                    lone = LocalPipeline(model, BackendSettings(providers=providers, intra_op_threads=threads))
-                    record(in_process(label, lone, data, 1, args.duration, setup=f"in-process {threads} threads"))
-                    del lone
-        if not args.no_plain and not args.skip_served:
-            plain = PlainServer(model, providers, args.intra_op_threads)
-            try:
-                for c in args.concurrency:
-                    record(served(label, "plain server", plain, image, c, args.duration, out_dir))
-            finally:
-                plain.shutdown()
-
+    pipelines = {label: LocalPipeline(model, BackendSettings(providers=providers,
+                                                             intra_op_threads=args.intra_op_threads))
+                 for label, model, _ in workloads}
+    print(f"in-process providers in use: {next(iter(pipelines.values())).model.providers}", flush=True)
+    plains: dict[str, PlainServer] = {}
+    cluster = None
     autoscale = None
-    if not args.skip_served:
-        cluster = ServedCluster({label: model for label, model, _ in workloads}, providers, args.intra_op_threads,
-                                args.user_config, num_cpus=max(4, os.cpu_count() or 1), stages=args.stages)
-        try:
+    try:
+        if not args.skip_served:
+            if not args.no_plain:
+                plains = {label: PlainServer(model, providers, args.intra_op_threads) for label, model, _ in workloads}
+            cluster = ServedCluster({label: model for label, model, _ in workloads}, providers,
+                                    args.intra_op_threads, args.user_config, num_cpus=max(4, os.cpu_count() or 1),
+                                    stages=args.stages)
             cluster.deploy(autoscaling=False)
-            for label, _, image in workloads:
-                for c in args.concurrency:
-                    record(served(label, "served", cluster, image, c, args.duration, out_dir))
-            if args.autoscale:
-                label, _, image = workloads[0]
-                autoscale = autoscale_run(cluster, label, image, out_dir, args.ramp_peak, args.ramp_step_s)
-        finally:
+        for label, model, image in workloads:
+            data = image.read_bytes()
+            for c in args.concurrency:
+                # The setups take turns, round after round, so a slow minute of a shared machine
+                # lands on all of them; each row is the median of its rounds.
+                runs: dict[str, list[Row]] = {}
+                for _ in range(args.rounds):
+                    runs.setdefault("in-process", []).append(in_process(label, pipelines[label], data, c,
+                                                                        args.duration))
+                    if label in plains:
+                        runs.setdefault("plain server", []).append(
+                            served(label, "plain server", plains[label], image, c, args.duration, out_dir))
+                    if cluster is not None:
+                        runs.setdefault("served", []).append(
+                            served(label, "served", cluster, image, c, args.duration, out_dir))
+                for setup_runs in runs.values():
+                    record(median_row(setup_runs))
+            lone_limit = next((r for r in rows if (r.model, r.setup, r.concurrency) == (label, "in-process", 1)), None)
+            if lone_limit is not None and lone_limit.cpu_ms_per_req > FAST_MODEL_CPU_MS:
+                # A slow model's lone request at every thread count (the c1 target is its best).
+                for threads in range(1, (os.cpu_count() or 1) + 1):
+                    if threads != args.intra_op_threads:
+                        lone = LocalPipeline(model, BackendSettings(providers=providers, intra_op_threads=threads))
+                        record(in_process(label, lone, data, 1, args.duration, setup=f"in-process {threads} threads"))
+                        del lone
+        if cluster is not None and args.autoscale:
+            label, _, image = workloads[0]
+            autoscale = autoscale_run(cluster, label, image, out_dir, args.ramp_peak, args.ramp_step_s)
+    finally:
+        for plain in plains.values():
+            plain.shutdown()
+        if cluster is not None:
             cluster.shutdown()
 
     table, checks = compare(rows)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
             "models": {label: f"{m.name} on {i.name}" for label, m, i in workloads},
             "providers": providers, "intra_op_threads": args.intra_op_threads, "stages": args.stages,
-            "duration_s": args.duration, "device": args.device, "env": args.env,
+            "duration_s": args.duration, "rounds": args.rounds, "device": args.device, "env": args.env,
             "inference_user_config": {**shipped_batching(args.stages), **args.user_config}}
     report = markdown(meta, table, checks, autoscale)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": table, "checks": checks,
