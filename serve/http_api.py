@@ -48,9 +48,14 @@ def shown(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
 def request_id(request: Request) -> str:
+    """The client's x-request-id when it is a sane token, else a new one."""
     rid = request.headers.get("x-request-id", "")
-    return rid if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid) else uuid.uuid4().hex
+    return rid if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid) else new_request_id()
 
 
 # -- routing ------------------------------------------------------------------------------

@@ -22,10 +22,26 @@ from collections.abc import Awaitable, Callable
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serve.http_api import ApiError, error_response, new_request_id
 
 log = logging.getLogger("ray.serve")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _JsonErrorsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, answering requests it cannot parse (a bad Content-Length, a
+    malformed request line) with the API's JSON error instead of its plain-text 400."""
+
+    def send_400_response(self, msg: str) -> None:
+        rid = new_request_id()
+        response = error_response(ApiError(400, "bad_request", f"malformed HTTP request: {msg}"), rid)
+        head = [b"HTTP/1.1 400 Bad Request\r\n", b"x-request-id: " + rid.encode() + b"\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in response.raw_headers]
+        self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", response.body]))
+        self.transport.close()
 
 
 class _QuietServer(uvicorn.Server):
@@ -60,7 +76,7 @@ class IngressHttpServer:
         self.host, self.port = host, port
         self.ongoing = 0  # requests being answered now: reported to the autoscaler
         self._config = uvicorn.Config(
-            self._asgi, interface="asgi3", lifespan="off", http="httptools", loop="none", access_log=False,
+            self._asgi, interface="asgi3", lifespan="off", http=_JsonErrorsProtocol, loop="none", access_log=False,
             proxy_headers=False,
             log_level="warning", timeout_keep_alive=keep_alive_s, server_header=False,
         )

@@ -231,6 +231,29 @@ def test_a_long_model_name_is_not_echoed_whole_and_the_request_id_header_is_sing
     assert ids == [r.json()["request_id"]], ids
 
 
+def raw_http(base: str, payload: bytes) -> str:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(payload)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/models/yolo/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+], ids=["bad-content-length", "100KB-path"])
+def test_requests_the_http_layer_cannot_parse_get_the_json_error_too(api, request_bytes):
+    """Issue 12, finding 7: uvicorn's own 400s were text/plain without a request id."""
+    answer = raw_http(api, request_bytes)
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400") and "content-type: application/json" in head.lower(), head
+    error = json.loads(body)
+    assert error["error"]["code"] == "bad_request" and error["request_id"] in head
+
+
 def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
     """Issue 12, finding 5: 70 connections sending 1 byte/s used to block all traffic for 30 s
     (Serve's replica slots). On the ingress's own port a slow client holds a coroutine, not a slot,
