@@ -21,6 +21,8 @@ SendGroup = Callable[[str, list], Awaitable[list]]
 
 # Weight of the newest call in the running estimate of seconds per item.
 _EWMA_WEIGHT = 0.2
+# Largest factor one call's measurement may exceed the running estimate by.
+_MAX_STEP = 3.0
 
 
 class Overloaded(Exception):
@@ -73,7 +75,14 @@ class CallGrouper:
         return item_s * (ahead / self.max_in_flight + 1)
 
     def admit(self, key: str, budget_s: float) -> None:
-        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`."""
+        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`.
+
+        With nothing ahead of it, an item is always taken: the estimate is only refreshed by calls
+        that complete, so refusing then could leave a stale estimate refusing everything for ever.
+        """
+        pending = self._pending.get(key)
+        if pending is None or not (pending.waiting or pending.items_in_flight):
+            return
         predicted = self.predicted_s(key)
         if predicted is not None and predicted > budget_s:
             self.shed += 1
@@ -128,4 +137,8 @@ class CallGrouper:
 
     def _measure(self, key: str, item_s: float) -> None:
         old = self._item_s.get(key)
+        if old is not None:
+            # One stalled call (a GC pause, a neighbour's burst) must not set the estimate alone; a
+            # real slow-down still shows within a few calls, each may triple it.
+            item_s = min(item_s, _MAX_STEP * old)
         self._item_s[key] = item_s if old is None else old + _EWMA_WEIGHT * (item_s - old)

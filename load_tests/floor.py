@@ -6,6 +6,8 @@ On an isolated Ray cluster of its own, three trivial apps:
   empty-http    an ingress that answers b"ok"                      (1 HTTP request)
   one-hop       an ingress that awaits one empty handle call        (+1 Serve hop)
   two-hops      an ingress that awaits two chained empty calls      (+2 Serve hops, like the pipeline)
+  own-port      an ingress replica answering b"ok" on its own HTTP port (serve/http_server.py),
+                as the shipped config's ingress does: Serve is not on the request path
 Closed-loop HTTP clients in a separate process; CPU per request summed over every process of
 the cluster (psutil), the client excluded. With --direct-ingress the ingress replicas serve
 HTTP themselves (RAY_SERVE_ENABLE_DIRECT_INGRESS=1) instead of Serve's Python proxy.
@@ -26,6 +28,9 @@ import psutil
 from ray import serve
 from starlette.responses import Response
 
+from serve.app_deploy import free_port
+from serve.http_server import IngressHttpServer
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class Leaf:
@@ -43,6 +48,19 @@ class Ingress:
         for _ in range(self.hops):
             value = await self.leaf.remote(value)
         return Response(value)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class OwnPortIngress:
+    async def __init__(self, port: int):
+        self.http = IngressHttpServer(self.answer, "127.0.0.1", port)
+        await self.http.start()
+
+    async def answer(self, request):
+        return Response(b"ok")
+
+    async def __call__(self, request):
+        return Response(b"ok")
 
 
 def _client(port: int, path: str, n: int, out) -> None:
@@ -116,6 +134,13 @@ def main() -> None:
                 rps, p50, cpu = measure(port, "/", c, args.requests)
                 rows.append((name, c, rps, p50, cpu))
             serve.delete(name)
+        own_port = free_port()
+        serve.run(OwnPortIngress.bind(own_port), name="own-port", route_prefix="/")
+        measure(own_port, "/", 1, 50)
+        for c in args.concurrency:
+            rps, p50, cpu = measure(own_port, "/", c, args.requests)
+            rows.append(("own-port", c, rps, p50, cpu))
+        serve.delete("own-port")
     finally:
         serve.shutdown()
         ray.shutdown()

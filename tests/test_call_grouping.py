@@ -14,12 +14,13 @@ class Downstream:
         self.calls: list[tuple[str, list]] = []
         self.delay_s, self.fail_on = delay_s, fail_on
         self.running = self.most_running = 0
+        self.slow_items: dict = {}  # item -> seconds its call takes instead
 
     async def send(self, key: str, items: list) -> list:
         self.calls.append((key, list(items)))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(max(self.slow_items.get(item, self.delay_s) for item in items))
         self.running -= 1
         if self.fail_on is not None and self.fail_on in items:
             raise ValueError(f"bad item {self.fail_on}")
@@ -143,3 +144,26 @@ def test_an_item_that_cannot_finish_within_its_budget_is_refused_at_once():
     assert 3 <= len(admitted) <= 7 and len(refused) == shed == 20 - len(admitted)
     assert max(admitted) <= 0.3 + 0.1  # every admitted item met its budget (scheduling margin)
     assert all(t < 0.01 and retry > 0 for t, retry in refused)  # refused at once, with a retry time
+
+
+def test_a_stale_estimate_cannot_refuse_for_ever():
+    """Seen in make bench: one stalled call set seconds-per-item above the budget, every later
+    request was refused, and since only completed calls refresh the estimate, it never recovered.
+    Now one stalled call moves the estimate at most 3x, and an item with nothing ahead is taken."""
+
+    async def main():
+        down = Downstream(delay_s=0.01)
+        grouper = CallGrouper(down.send, max_group=1, max_in_flight=1)
+        for i in range(5):
+            await grouper.submit("m:1", i, budget_s=0.5)  # estimate ~10 ms per item
+        down.slow_items[99] = 1.0  # one stalled call, 100x the usual
+        await grouper.submit("m:1", 99, budget_s=10)
+        estimate_after_stall = grouper._item_s["m:1"]
+        # Nothing ahead: taken whatever the estimate, and its completion refreshes it.
+        grouper._item_s["m:1"] = 100.0
+        await grouper.submit("m:1", 100, budget_s=0.5)
+        return estimate_after_stall, grouper._item_s["m:1"], grouper.shed
+
+    estimate_after_stall, refreshed, shed = asyncio.run(main())
+    assert estimate_after_stall < 0.01 * 3 * 1.5  # capped: at most 3x the old estimate, EWMA-weighted
+    assert refreshed < 100.0 and shed == 0
