@@ -63,18 +63,30 @@ class BatchedModel:
         self.submit = serve.batch(self._run_batch, max_batch_size=1, batch_wait_timeout_s=0.0,
                                   max_concurrent_batches=concurrent,
                                   batch_size_fn=lambda groups: sum(len(images) for images, _ in groups))
+        self._run_slots = asyncio.Semaphore(concurrent)
         self.max_concurrent_batches = concurrent
         if old is not None:
             old.shutdown(wait=False)
 
     async def infer(self, images: list[np.ndarray], confs: list[float]) -> tuple[list, dict, bool]:
         """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities)."""
+        if self.max_batch_size == 1:
+            # Unbatched (the CPU default): each image its own run, at most max_concurrent_batches
+            # at once. Serve's batch queue would only add its task hand-offs and metrics per image.
+            runs = await asyncio.gather(*(self._run_alone(img, conf) for img, conf in zip(images, confs)))
+            return [output for output, _ in runs], runs[-1][1], self.model.outputs_probabilities
         step = self.max_batch_size
         chunks = [(images[i:i + step], confs[i:i + step]) for i in range(0, len(images), step)]
         await self._slot_free.wait()
         answers = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
         outputs = [out for chunk_outputs, _ in answers for out in chunk_outputs]
         return outputs, answers[-1][1], self.model.outputs_probabilities
+
+    async def _run_alone(self, image: np.ndarray, conf: float) -> tuple[np.ndarray, dict]:
+        """One image, one run: (output, timings)."""
+        async with self._run_slots:
+            [(outputs, timings)] = await self._run_batch([([image], [conf])])
+        return outputs[0], timings
 
     async def _run_batch(self, groups: list[tuple[list[np.ndarray], list[float]]]) -> list:
         """Groups from several callers run as one model batch."""
