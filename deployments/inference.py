@@ -28,6 +28,7 @@ class BatchedModel:
         self.resolved = resolved
         self.model = OnnxModel(resolved.path, resolved.spec, backend)
         self.batch_sizes: Counter[int] = Counter()
+        self.deadline_dropped = 0  # images not run: their request's deadline had passed
         self._warmed = 0
         self._running = 0
         self.max_concurrent_batches = 0
@@ -68,23 +69,45 @@ class BatchedModel:
         if old is not None:
             old.shutdown(wait=False)
 
-    async def infer(self, images: list[np.ndarray], confs: list[float]) -> tuple[list, dict, bool]:
-        """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities)."""
+    async def infer(self, images: list[np.ndarray], confs: list[float],
+                    deadlines: list[float] | None = None) -> tuple[list, dict, bool]:
+        """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities).
+
+        An image whose deadline (wall clock) has passed before its run starts is not run: its
+        output is None, and it is counted in `deadline_dropped`.
+        """
+        deadlines = deadlines or [float("inf")] * len(images)
         if self.max_batch_size == 1:
             # Unbatched (the CPU default): each image its own run, at most max_concurrent_batches
             # at once. Serve's batch queue would only add its task hand-offs and metrics per image.
-            runs = await asyncio.gather(*(self._run_alone(img, conf) for img, conf in zip(images, confs)))
+            runs = await asyncio.gather(*(self._run_alone(*item) for item in zip(images, confs, deadlines)))
             return [output for output, _ in runs], runs[-1][1], self.model.outputs_probabilities
-        step = self.max_batch_size
-        chunks = [(images[i:i + step], confs[i:i + step]) for i in range(0, len(images), step)]
         await self._slot_free.wait()
-        answers = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
-        outputs = [out for chunk_outputs, _ in answers for out in chunk_outputs]
-        return outputs, answers[-1][1], self.model.outputs_probabilities
+        live = [i for i, deadline in enumerate(deadlines) if not self._expired(deadline)]
+        outputs: list = [None] * len(images)
+        timings: dict = {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
+        step = self.max_batch_size
+        chunks = [live[i:i + step] for i in range(0, len(live), step)]
+        answers = await asyncio.gather(*(self.submit(([images[j] for j in chunk], [confs[j] for j in chunk]))
+                                         for chunk in chunks))
+        for chunk, (chunk_outputs, _) in zip(chunks, answers):
+            for j, out in zip(chunk, chunk_outputs):
+                outputs[j] = out
+        if answers:
+            timings = answers[-1][1]
+        return outputs, timings, self.model.outputs_probabilities
 
-    async def _run_alone(self, image: np.ndarray, conf: float) -> tuple[np.ndarray, dict]:
-        """One image, one run: (output, timings)."""
+    def _expired(self, deadline: float) -> bool:
+        if time.time() <= deadline:
+            return False
+        self.deadline_dropped += 1
+        return True
+
+    async def _run_alone(self, image: np.ndarray, conf: float, deadline: float) -> tuple[np.ndarray | None, dict]:
+        """One image, one run: (output, timings); (None, ...) if its deadline passed while it waited."""
         async with self._run_slots:
+            if self._expired(deadline):
+                return None, {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
             [(outputs, timings)] = await self._run_batch([([image], [conf])])
         return outputs[0], timings
 
@@ -133,6 +156,7 @@ class BatchedModel:
             "max_concurrent_batches": self.max_concurrent_batches,
             "lone_run_threads": self.model.lone_run_threads,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "deadline_dropped": self.deadline_dropped,
             "load_ms": round(self.model.load_ms, 1),
         }
 
@@ -176,9 +200,10 @@ class InferenceStage:
         """Load and warm a version (idempotent); raises if it cannot serve."""
         return (await self.versions.get(key)).status()
 
-    async def __call__(self, key: str, images: list[np.ndarray], confs: list[float]):
+    async def __call__(self, key: str, images: list[np.ndarray], confs: list[float],
+                       deadlines: list[float] | None = None):
         model = await self.versions.get(key)
-        return await model.infer(images, confs)
+        return await model.infer(images, confs, deadlines)
 
     def status(self) -> dict:
         return {

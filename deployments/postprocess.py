@@ -46,6 +46,9 @@ class PostprocessStage:
         served_by = {"inference": timings.pop("node_id", None), "postprocess": node_id()}
         results = []
         for output, meta, item_params in zip(outputs, metas, params):
+            if output is None:  # not run: its deadline passed (inference counted it)
+                results.append({"expired": True})
+                continue
             # Sub-millisecond numpy work: cheaper inline than a thread hop.
             t0 = time.perf_counter()
             result = postprocess(resolved, probabilities, output, meta, item_params)

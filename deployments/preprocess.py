@@ -182,13 +182,18 @@ class Preprocess:
             pre_ms = (time.perf_counter() - t0) * 1000
             conf_floor = params.conf if spec.task == "detect" else 0.0
             remaining_s = budget_s - pre_ms / 1000
-            item = (image, conf_floor, meta, params, time.monotonic() + remaining_s)
+            # Wall-clock: the deadline is compared in other processes, maybe on other nodes.
+            item = (image, conf_floor, meta, params, time.time() + remaining_s)
             result = await self.grouper.submit(resolved.key, item, remaining_s)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"model {shown(name)} cannot answer within the "
                            f"{budget_s * 1000:.0f} ms budget now ({exc}); retry later",
                            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
 
+        if result.get("expired"):
+            # Inference dropped it unrun: its deadline passed while it waited for the model.
+            raise ApiError(503, "deadline_exceeded", f"model {shown(name)} could not start this image within "
+                           f"the {budget_s * 1000:.0f} ms budget; retry later", {"Retry-After": RETRY_AFTER_S})
         timings = {"preprocess_ms": round(pre_ms, 2), **result.pop("timings_ms")}
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return json_response({
@@ -205,7 +210,7 @@ class Preprocess:
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
         images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
-        return await self.stages.run(key, images, confs, metas, params, max(deadlines))
+        return await self.stages.run(key, images, confs, metas, params, deadlines)
 
     # -- helpers --------------------------------------------------------------------------
     def _prepare(self, data: bytes, resolved: ResolvedModel):

@@ -25,6 +25,7 @@ from deployments.placement import local_first
 from deployments.postprocess import PostprocessStage
 
 # How long past a group's latest deadline its downstream call may run before it is abandoned.
+# Deadlines are wall-clock (time.time()): they are compared in other processes and on other nodes.
 STAGE_SLACK_S = 1.0
 STAGE_STATUS_TIMEOUT_S = 0.8
 
@@ -44,7 +45,7 @@ class RemoteStages:
         await asyncio.gather(*(h.load.remote(key) for h in self.handles.values()))
 
     async def run(self, key: str, images: list, confs: list, metas: list, params: list,
-                  deadline: float) -> list[dict]:
+                  deadlines: list[float]) -> list[dict]:
         """One inference call and one postprocess call for a group of requests of one version.
 
         The inference response goes to postprocess as a DeploymentResponse: the model output
@@ -52,8 +53,8 @@ class RemoteStages:
         group's latest deadline (+ slack): a stage with no live replica would otherwise hold
         these requests until Serve's request timeout.
         """
-        inferred = self.handles["inference"].remote(key, images, confs)
-        timeout_s = deadline - time.monotonic() + STAGE_SLACK_S
+        inferred = self.handles["inference"].remote(key, images, confs, deadlines)
+        timeout_s = max(deadlines) - time.time() + STAGE_SLACK_S
         try:
             return await asyncio.wait_for(self.handles["postprocess"].remote(key, inferred, metas, params),
                                           timeout_s)
@@ -81,8 +82,8 @@ class InProcessStages:
         await asyncio.gather(self.inference.load(key), self.postprocess.load(key))
 
     async def run(self, key: str, images: list, confs: list, metas: list, params: list,
-                  deadline: float) -> list[dict]:
-        inferred = await self.inference(key, images, confs)
+                  deadlines: list[float]) -> list[dict]:
+        inferred = await self.inference(key, images, confs, deadlines)
         return await self.postprocess(key, inferred, metas, params)
 
     async def status(self, stage: str) -> dict:

@@ -8,6 +8,7 @@ computed from the JSON answers. Needs nothing from ../shared.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import csv
 import importlib.util
 import subprocess
@@ -33,6 +34,8 @@ def demo_api(ray_cluster):
     models = [
         {"name": "shapes-detector", "path": str(evaluate.DETECTOR_PATH)},
         {"name": "shapes-classifier", "path": str(evaluate.CLASSIFIER_PATH)},
+        # Its own model version: no call measured yet when the deadline test bursts it.
+        {"name": "fresh-detector", "path": str(evaluate.DETECTOR_PATH)},
     ]
     deploy([app_config("demo", "/demo", models)])
     base = f"{ray_cluster}/demo"
@@ -81,3 +84,31 @@ def test_locust_smoke_run_has_no_failures(demo_api, tmp_path):
     assert int(rows["detect shapes-detector"]["Request Count"]) > 0
     assert int(rows["classify shapes-classifier"]["Request Count"]) > 0
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def images_run_and_dropped(base: str, model: str) -> tuple[int, int]:
+    info = requests.get(f"{base}/v1/models/{model}", timeout=30).json()
+    return sum(int(size) * n for size, n in info["batch_sizes"].items()), info["deadline_dropped"]
+
+
+def test_images_whose_deadline_passes_while_queued_never_reach_the_model(demo_api):
+    """Issue 12, finding 4: work nobody waits for is not run. A burst on a model with no cost
+    measured yet is admitted; the images still queued when their 20 ms budget is gone are
+    dropped before their run (503 `deadline_exceeded`), and the model runs exactly once per 200."""
+    data = (Path(evaluate.__file__).parent / "samples" / "shapes_640x480.jpg").read_bytes()
+    before = images_run_and_dropped(demo_api, "fresh-detector")
+
+    def send(_):
+        r = requests.post(f"{demo_api}/v1/models/fresh-detector/predict", data=data, timeout=60,
+                          headers={"content-type": "image/jpeg", "x-request-timeout-ms": "20"})
+        return r.status_code, (r.json().get("error") or {}).get("code"), r.headers.get("retry-after")
+
+    with cf.ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(send, range(24)))
+    run, dropped = (a - b for a, b in zip(images_run_and_dropped(demo_api, "fresh-detector"), before))
+    ok = sum(status == 200 for status, _, _ in answers)
+    expired = [a for a in answers if a[1] == "deadline_exceeded"]
+    assert all(status == 200 or (status == 503 and code in ("deadline_exceeded", "overloaded") and retry)
+               for status, code, retry in answers), answers
+    assert expired, answers  # 24 images, 2 run slots, ~4-8 ms a run: many cannot start within 20 ms
+    assert run == ok and dropped == len(expired), (run, ok, dropped, answers)

@@ -325,10 +325,14 @@ def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api
     shed = [(t, retry, code) for status, t, retry, code in results if status == 503]
     assert len(ok) + len(shed) == len(results), {s for s, *_ in results}  # no 408, no 500
     assert ok and shed, (len(ok), len(shed))
-    assert all(code == "overloaded" and retry and int(retry) >= 1 for _, retry, code in shed)
+    assert all(code in ("overloaded", "deadline_exceeded") and retry and int(retry) >= 1 for _, retry, code in shed)
     assert max(t for _, t, *_ in results) < 5.0
-    print(f"\n{len(results)} answers: {len(ok)} x 200 (p99 {ok[int(len(ok) * 0.99)]:.3f}s), "
-          f"{len(shed)} x 503 (median {sorted(t for t, *_ in shed)[len(shed) // 2]:.3f}s)")
+    refusals = sorted(t for t, _, code in shed if code == "overloaded")
+    print(f"\n{len(results)} answers: {len(ok)} x 200 (p50 {ok[len(ok) // 2]:.3f}s, p99 "
+          f"{ok[int(len(ok) * 0.99)]:.3f}s), {len(refusals)} x 503 overloaded (p50 "
+          f"{refusals[len(refusals) // 2] if refusals else 0:.3f}s, p99 "
+          f"{refusals[int(len(refusals) * 0.99)] if refusals else 0:.3f}s), "
+          f"{len(shed) - len(refusals)} x 503 deadline_exceeded")
 
 
 def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_is_back(api):
