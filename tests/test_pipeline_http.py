@@ -380,7 +380,8 @@ def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_
     assert back_after is not None, "the pipeline did not come back within 90 s"
     assert max(t for _, t in probes) < 1.5, "readyz must answer promptly while a stage is down"
     failures = [(s, t, code) for s, t, code in results if s != 200]
-    assert all(s == 503 and code in ("stage_unavailable", "overloaded") for s, _, code in failures), failures
+    assert all(s == 503 and code in ("stage_unavailable", "overloaded", "deadline_exceeded")
+               for s, _, code in failures), failures
     assert all(t < budget_ms / 1000 + 1.0 + 1.0 for _, t, _ in failures), failures  # budget + slack + margin
     assert predict(api, "yolo", data).status_code == 200
     print(f"\nreadyz 503 for {back_after:.1f}s after the kill; {len(results)} requests, "
