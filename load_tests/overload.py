@@ -1,0 +1,99 @@
+"""Overload scenario (issue 12): ramp closed-loop clients far past capacity and see what admission does.
+
+    .venv/bin/python -m load_tests.overload [--model PATH --image PATH] [--budget-ms 500]
+                                            [--steps 1 4 16 64] [--step-s 15]
+
+An isolated Ray cluster runs the shipped application (serve/config.yaml) on its own HTTP port;
+at each step N client threads post the image in a loop with `X-Request-Timeout-Ms`, ignoring
+`Retry-After` (the worst case). Per step: throughput, admitted p50/p99 against the budget, the
+share refused (503 `overloaded`: before any work; `deadline_exceeded`: admitted, dropped unrun)
+and how fast refusals come back, and anything else (there should be nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from load_tests.bench import DEMO, SHARED_MODELS, ServedCluster, machine, percentile
+
+
+def step(url: str, data: bytes, clients: int, seconds: float, budget_ms: int) -> dict:
+    results: list[tuple[int, str | None, float]] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            t0 = time.monotonic()
+            try:
+                r = session.post(f"{url}/v1/models/m/predict", data=data, timeout=60,
+                                 headers={"content-type": "image/jpeg", "x-request-timeout-ms": str(budget_ms)})
+                code = None if r.status_code == 200 else (r.json().get("error") or {}).get("code")
+                status = r.status_code
+            except (requests.RequestException, ValueError) as exc:  # counted: there should be none
+                status, code = 0, type(exc).__name__
+            with lock:
+                results.append((status, code, (time.monotonic() - t0) * 1000))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [ms for status, _, ms in results if status == 200]
+    refused = [ms for status, code, ms in results if code == "overloaded"]
+    kinds = collections.Counter(code if status != 200 else "200" for status, code, _ in results)
+    return {
+        "clients": clients, "answers": len(results), "rps_ok": len(ok) / seconds,
+        "ok_p50": percentile(ok, 50) if ok else None, "ok_p99": percentile(ok, 99) if ok else None,
+        "over_budget": sum(ms > budget_ms for ms in ok),
+        "refused_p50": percentile(refused, 50) if refused else None,
+        "refused_p99": percentile(refused, 99) if refused else None,
+        "kinds": dict(kinds),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    slow, bus = SHARED_MODELS / "yolov8n_quantized_int8.onnx", SHARED_MODELS / "images" / "bus.jpg"
+    ap.add_argument("--model", type=Path, default=slow if slow.is_file() else DEMO / "detector.onnx")
+    ap.add_argument("--image", type=Path, default=bus if bus.is_file() else DEMO / "samples" / "shapes_640x480.jpg")
+    ap.add_argument("--budget-ms", type=int, default=500)
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--step-s", type=float, default=15)
+    args = ap.parse_args()
+    cluster = ServedCluster({"m": args.model}, ["CPUExecutionProvider"], 1, {}, max(4, os.cpu_count() or 1),
+                            "in_process")
+    rows = []
+    try:
+        cluster.deploy(autoscaling=False)
+        data = args.image.read_bytes()
+        step(cluster.url, data, 1, 3, args.budget_ms)  # warm: admission has measured the model
+        for clients in args.steps:
+            rows.append(step(cluster.url, data, clients, args.step_s, args.budget_ms))
+            print(rows[-1], flush=True)
+    finally:
+        cluster.shutdown()
+
+    def ms(v):
+        return "—" if v is None else f"{v:.0f}"
+
+    print(f"\n### Overload, {args.model.name} on {args.image.name}, budget {args.budget_ms} ms — {machine()}\n")
+    print("| clients | answers | 200/s | 200 p50 ms | 200 p99 ms | 200s over budget | refused p50 ms "
+          "| refused p99 ms | answers by kind |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        print(f"| {r['clients']} | {r['answers']} | {r['rps_ok']:.1f} | {ms(r['ok_p50'])} | {ms(r['ok_p99'])} "
+              f"| {r['over_budget']} | {ms(r['refused_p50'])} | {ms(r['refused_p99'])} | {r['kinds']} |")
+
+
+if __name__ == "__main__":
+    main()
