@@ -21,6 +21,11 @@ from serve.settings import BatchingConfig, PipelineConfig, make_source
 log = logging.getLogger("ray.serve")
 
 
+def _not_run_timings() -> dict:
+    """The timings of images that were not run (their deadline had passed)."""
+    return {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
+
+
 class BatchedModel:
     """One model version: its session, its own batch queue, its own run threads."""
 
@@ -85,7 +90,7 @@ class BatchedModel:
         await self._slot_free.wait()
         live = [i for i, deadline in enumerate(deadlines) if not self._expired(deadline)]
         outputs: list = [None] * len(images)
-        timings: dict = {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
+        timings = _not_run_timings()
         step = self.max_batch_size
         chunks = [live[i:i + step] for i in range(0, len(live), step)]
         answers = await asyncio.gather(*(self.submit(([images[j] for j in chunk], [confs[j] for j in chunk]))
@@ -107,7 +112,7 @@ class BatchedModel:
         """One image, one run: (output, timings); (None, ...) if its deadline passed while it waited."""
         async with self._run_slots:
             if self._expired(deadline):
-                return None, {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
+                return None, _not_run_timings()
             [(outputs, timings)] = await self._run_batch([([image], [conf])])
         return outputs[0], timings
 

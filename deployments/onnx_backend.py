@@ -144,8 +144,8 @@ def sample_images(spec: ModelSpec, n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-# A run this long or longer repays the fork/join of more threads (2-core EPYC: the 8 ms demo
-# detector 8.1 -> 4.6 ms with 2 threads, YOLOv8n int8 88 -> 55 ms).
+# A run this long or longer repays the fork/join of more threads (2-core EPYC, make bench: a lone
+# YOLOv8n int8 request 89 -> 64 ms p50 with 2 threads).
 LONE_RUN_MIN_RUN_MS = 5.0
 
 
@@ -214,7 +214,7 @@ class OnnxModel:
         uses one core of several. More threads cost a fork/join per operator, which only a run of
         at least LONE_RUN_MIN_RUN_MS repays. Decided from the run's length, not from timing both
         sessions: a replica loads while its neighbours start, and such timings said "2 threads are
-        no faster" for YOLOv8n int8 (quiet machine: 88 -> 55 ms). CPU sessions only.
+        no faster" for YOLOv8n int8 (quiet machine: 89 -> 64 ms). CPU sessions only.
         """
         threads = self.settings.lone_run_threads
         narrow = (self.settings.intra_op_threads, None)

@@ -1,6 +1,6 @@
 """How the ingress reaches the inference and postprocess stages: other deployments, or itself.
 
-`stages: deployments` (serve/split.yaml, serve/edge.yaml): each stage is its own Serve
+`stages: deployments` (serve/edge.yaml): each stage is its own Serve
 deployment, placed and autoscaled on its own (inference on GPU nodes, preprocess on CPU
 nodes); every grouped call crosses two Serve hops.
 

@@ -42,9 +42,9 @@ SAMPLE = PROJECT_ROOT / "demo_models" / "samples"
 # Ray settings the platform starts its head with, measured on 2 cores (AMD EPYC):
 # - images up to 4 MiB go inline in the actor call instead of through the object store (-2 ms CPU
 #   per request in the raylet, when the stages are deployments);
-# - Serve's controller loop runs every 0.5 s instead of 0.1 s: an idle cluster's CPU 136 -> 106
-#   ms/s (controller 33 -> 14, GCS 18 -> 8); Serve notices a dead replica or a new target up to
-#   0.4 s later.
+# - Serve's controller loop runs every 0.5 s instead of 0.1 s: controller ~42 -> 15 ms of CPU per
+#   second, GCS ~22 -> 8 (make bench runs in docs/benchmarks/); Serve notices a dead replica or a
+#   new target up to 0.4 s later.
 # Ray's HAProxy ingress is not used: the ingress replica serves HTTP itself (README, Performance).
 RAY_TUNING_ENV = {
     "RAY_max_direct_call_object_size": str(4 << 20),
