@@ -29,6 +29,13 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 VERIFY_ATOL = 1e-4
 
 
+# The default for lone_run_min_ms. More threads save a lone run a share of its time and cost CPU
+# (fork/join, idle waits). 2-core AMD EPYC, 1 -> 2 threads: YOLOv8n int8 89 -> 64 ms p50 (25 ms
+# saved); the demo detector 9.7 -> 6.1 ms for 9.7 -> 11.3 ms of CPU per run (3.6 ms saved at +17%
+# CPU). Below ~20 ms the few ms saved are not worth the cores they take from other work.
+LONE_RUN_MIN_MS = 20.0
+
+
 @dataclass
 class BackendSettings:
     providers: list = field(default_factory=lambda: list(DEFAULT_PROVIDERS))
@@ -40,6 +47,8 @@ class BackendSettings:
     # Threads of a run that has the model to itself (0: same as intra_op_threads). A lone request
     # should not pay for the throughput setting: see OnnxModel.run.
     lone_run_threads: int = 0
+    # ... for models whose single-threaded run takes at least this long.
+    lone_run_min_ms: float = LONE_RUN_MIN_MS
 
 
 def cores_available() -> int:
@@ -144,10 +153,6 @@ def sample_images(spec: ModelSpec, n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-# A run this long or longer repays the fork/join of more threads (2-core EPYC, make bench: a lone
-# YOLOv8n int8 request 89 -> 64 ms p50 with 2 threads).
-LONE_RUN_MIN_RUN_MS = 5.0
-
 
 def _median_run_s(run, repeats: int = 5) -> float:
     run()  # the first run allocates
@@ -212,7 +217,7 @@ class OnnxModel:
 
         Throughput on CPU is best with single-threaded runs side by side, but a lone request then
         uses one core of several. More threads cost a fork/join per operator, which only a run of
-        at least LONE_RUN_MIN_RUN_MS repays. Decided from the run's length, not from timing both
+        at least `lone_run_min_ms` (LONE_RUN_MIN_MS) repays. Decided from the run's length, not from timing both
         sessions: a replica loads while its neighbours start, and such timings said "2 threads are
         no faster" for YOLOv8n int8 (quiet machine: 89 -> 64 ms). CPU sessions only.
         """
@@ -222,7 +227,7 @@ class OnnxModel:
             return narrow
         x = self.normalise(sample_images(self.spec, 1, seed=4)).copy()
         narrow_ms = _median_run_s(lambda: self._raw(self.session, x)) * 1000
-        if narrow_ms < LONE_RUN_MIN_RUN_MS:
+        if narrow_ms < self.settings.lone_run_min_ms:
             log.info("%s: runs take %.1f ms; a lone run stays on %d thread(s)", Path(self.path).name, narrow_ms,
                      self.settings.intra_op_threads)
             return narrow

@@ -47,6 +47,10 @@ class BackendConfig(BaseModel):
     # Threads of a run that has the model to itself ("auto": the cores this process may use; 0:
     # off). Lets a lone request use every core while concurrent runs stay single-threaded.
     lone_run_threads: int | Literal["auto"] = "auto"
+    # ... for models whose single-threaded run takes at least this many ms (measured at load):
+    # shorter runs save too little latency for the CPU the extra threads cost. None: the
+    # backend's default (deployments/onnx_backend.py LONE_RUN_MIN_MS, with its measurements).
+    lone_run_min_ms: float | None = Field(default=None, ge=0)
     allow_spinning: bool = False
     trt_engine_cache_dir: str | None = None
 
@@ -57,6 +61,8 @@ class BackendConfig(BaseModel):
         fields = self.model_dump()
         if fields["lone_run_threads"] == "auto":
             fields["lone_run_threads"] = cores_available()
+        if fields["lone_run_min_ms"] is None:
+            del fields["lone_run_min_ms"]
         return BackendSettings(**fields)
 
 

@@ -2,9 +2,10 @@ import numpy as np
 import onnx
 import pytest
 
+from demo_models.evaluate import DETECTOR_PATH
 from deployments.image_codec import decode_image
 from deployments.model_spec import spec_from_onnx
-from deployments.onnx_backend import OnnxModel, make_batch_dynamic, resolve_providers, sample_images
+from deployments.onnx_backend import BackendSettings, OnnxModel, make_batch_dynamic, resolve_providers, sample_images
 from deployments.postprocess import postprocess
 from deployments.postprocessing import yolo_candidates
 from deployments.preprocessing import prepare_image
@@ -95,3 +96,15 @@ def test_fixed_batch_classifier_is_rewritten(tmp_path):
 def test_unavailable_providers_are_dropped_and_cpu_remains():
     providers = resolve_providers(["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"device_id": 0})])
     assert providers[-1] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("min_ms, expect_lone", [(0.0, True), (1e6, False)])
+def test_lone_run_session_only_for_runs_long_enough(min_ms, expect_lone):
+    """A second, wider session exists only when a run is at least lone_run_min_ms long, and it
+    gives the narrow session's answer."""
+    path = DETECTOR_PATH
+    settings = BackendSettings(intra_op_threads=1, lone_run_threads=2, lone_run_min_ms=min_ms)
+    model = OnnxModel(path, spec_from_onnx(path), settings)
+    assert model.lone_run_threads == (2 if expect_lone else 1)
+    x = sample_images(model.spec, 1, seed=3)[0]
+    np.testing.assert_allclose(model.run([x], alone=True)[0], model.run([x])[0], atol=1e-4)
