@@ -73,7 +73,9 @@ class Preprocess:
         self._watch_task = asyncio.create_task(self.watcher.run())
         self.http = None
         if self.cfg.http_port is not None:
-            self.http = IngressHttpServer(self._own_http_request, self.cfg.http_host, self.cfg.http_port)
+            self.http = IngressHttpServer(self._own_http_request, self.cfg.http_host, self.cfg.http_port,
+                                          header_timeout_s=self.cfg.header_timeout_s,
+                                          max_connections_per_client=self.cfg.max_connections_per_client)
             await self.http.start()
 
     async def _prepare_stages(self, resolved: ResolvedModel) -> None:

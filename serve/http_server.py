@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import uvicorn
 from starlette.requests import Request
@@ -31,14 +33,75 @@ log = logging.getLogger("ray.serve")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class _JsonErrorsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, answering requests it cannot parse (a bad Content-Length, a
-    malformed request line) with the API's JSON error instead of its plain-text 400."""
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the API's JSON errors and guards against idle clients.
+
+    - A request it cannot parse (a bad Content-Length, a malformed request line) gets the API's
+      JSON 400 instead of uvicorn's plain text.
+    - Headers must arrive within `header_timeout_s` of the connection opening or of a request's
+      first byte (uvicorn waits for ever): JSON 408, then the connection is closed. Between
+      requests uvicorn's keep-alive timeout closes idle connections; a slow body is the
+      handler's (body_timeout_s).
+    - At most `max_connections_per_client` open connections per client address (0: no limit):
+      one more gets JSON 503 `too_many_connections` and is closed.
+    Subclassed per server (IngressHttpServer) with these class attributes set.
+    """
+
+    header_timeout_s: float = 10.0
+    max_connections_per_client: int = 0
+    per_client: Counter  # open connections by client host, shared by the server's connections
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._host = self.client[0] if self.client else None
+        self.per_client[self._host] += 1
+        limit = self.max_connections_per_client
+        if limit and self._host is not None and self.per_client[self._host] > limit:
+            self._write_error(503, "too_many_connections", f"more than {limit} open connections from this client; "
+                              "close some or reuse them", {"Retry-After": "1"})
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        self.per_client[self._host] -= 1
+        if self.per_client[self._host] <= 0:
+            del self.per_client[self._host]
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()  # a new request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self._write_error(408, "request_timeout", f"request headers not received within "
+                              f"{self.header_timeout_s:g} s")
 
     def send_400_response(self, msg: str) -> None:
+        self._write_error(400, "bad_request", f"malformed HTTP request: {msg}")
+
+    def _write_error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        """The API's JSON error, written straight to the socket, and the connection closed."""
         rid = new_request_id()
-        response = error_response(ApiError(400, "bad_request", f"malformed HTTP request: {msg}"), rid)
-        head = [b"HTTP/1.1 400 Bad Request\r\n", b"x-request-id: " + rid.encode() + b"\r\n"]
+        response = error_response(ApiError(status, code, message, headers), rid)
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
+                b"x-request-id: " + rid.encode() + b"\r\n"]
         head += [name + b": " + value + b"\r\n" for name, value in response.raw_headers]
         self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", response.body]))
         self.transport.close()
@@ -71,12 +134,16 @@ def shared_socket(host: str, port: int) -> socket.socket:
 class IngressHttpServer:
     """uvicorn on a shared port, every request handed to `handle` (the ingress's own-port handler)."""
 
-    def __init__(self, handle: Handler, host: str, port: int, keep_alive_s: float = 5.0):
+    def __init__(self, handle: Handler, host: str, port: int, keep_alive_s: float = 5.0,
+                 header_timeout_s: float = 10.0, max_connections_per_client: int = 0):
         self.handle = handle
         self.host, self.port = host, port
         self.ongoing = 0  # requests being answered now: reported to the autoscaler
+        protocol = type("IngressHttpProtocol", (_GuardedProtocol,), {
+            "header_timeout_s": header_timeout_s, "max_connections_per_client": max_connections_per_client,
+            "per_client": Counter()})
         self._config = uvicorn.Config(
-            self._asgi, interface="asgi3", lifespan="off", http=_JsonErrorsProtocol, loop="none", access_log=False,
+            self._asgi, interface="asgi3", lifespan="off", http=protocol, loop="none", access_log=False,
             proxy_headers=False,
             log_level="warning", timeout_keep_alive=keep_alive_s, server_header=False,
         )

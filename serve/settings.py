@@ -103,6 +103,12 @@ class PipelineConfig(BaseModel):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     # A predict body that has not fully arrived by then gets 408 (a slow or stalled client).
     body_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Own HTTP port: a connection whose request headers have not arrived by then gets 408 and is
+    # closed (a client that connects and sends nothing holds nothing for long).
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Own HTTP port: open connections per client address; one more gets 503
+    # `too_many_connections`. 0: no limit (behind a load balancer every client has its address).
+    max_connections_per_client: int = Field(default=256, ge=0)
     # Most requests the ingress sends downstream in one call (deployments/call_grouping.py).
     max_group: int = Field(default=8, ge=1, le=256)
     # Grouped calls per model version in flight at once from one ingress replica.
