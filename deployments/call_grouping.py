@@ -41,6 +41,29 @@ class _Pending:
     waiting: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
     in_flight: int = 0
     items_in_flight: int = 0
+    # Items admitted but not yet submitted (their bodies are being read and decoded).
+    reserved: int = 0
+
+    def idle(self) -> bool:
+        return not (self.waiting or self.in_flight or self.reserved)
+
+
+class Reservation:
+    """An admitted item's place in the queue until it is submitted (or given up).
+
+    Counted as ahead of later arrivals, so a burst cannot all pass admission before any of it is
+    queued, then pay for reading and decoding only to be refused. `release()` is idempotent.
+    """
+
+    def __init__(self, grouper: CallGrouper, key: str, pending: _Pending):
+        self._grouper, self._key, self._pending = grouper, key, pending
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._pending.reserved -= 1
+            self._grouper._forget_if_idle(self._key, self._pending)
 
 
 class CallGrouper:
@@ -71,26 +94,32 @@ class CallGrouper:
         if item_s is None:
             return None
         pending = self._pending.get(key)
-        ahead = (len(pending.waiting) + pending.items_in_flight) if pending else 0
+        ahead = (len(pending.waiting) + pending.items_in_flight + pending.reserved) if pending else 0
         return item_s * (ahead / self.max_in_flight + 1)
 
-    def admit(self, key: str, budget_s: float) -> None:
-        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`.
+    def admit(self, key: str, budget_s: float) -> Reservation:
+        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`; else hold its
+        place until `submit` (pass the reservation) or `release()`.
 
         With nothing ahead of it, an item is always taken: the estimate is only refreshed by calls
         that complete, so refusing then could leave a stale estimate refusing everything for ever.
         """
-        pending = self._pending.get(key)
-        if pending is None or not (pending.waiting or pending.items_in_flight):
-            return
-        predicted = self.predicted_s(key)
-        if predicted is not None and predicted > budget_s:
-            self.shed += 1
-            raise Overloaded(predicted, budget_s, retry_after_s=predicted - self._item_s[key])
+        pending = self._pending.setdefault(key, _Pending())
+        if not pending.idle():
+            predicted = self.predicted_s(key)
+            if predicted is not None and predicted > budget_s:
+                self.shed += 1
+                raise Overloaded(predicted, budget_s, retry_after_s=predicted - self._item_s[key])
+        pending.reserved += 1
+        return Reservation(self, key, pending)
 
-    async def submit(self, key: str, item: Any, budget_s: float | None = None) -> Any:
+    async def submit(self, key: str, item: Any, budget_s: float | None = None,
+                     reservation: Reservation | None = None) -> Any:
+        """Queue `item`; with `budget_s`, refused (Overloaded) if it would now miss it."""
+        if reservation is not None:
+            reservation.release()
         if budget_s is not None:
-            self.admit(key, budget_s)
+            self.admit(key, budget_s).release()
         pending = self._pending.setdefault(key, _Pending())
         future = asyncio.get_running_loop().create_future()
         pending.waiting.append((item, future))
@@ -132,8 +161,11 @@ class CallGrouper:
                         future.set_result(result)
         finally:
             pending.in_flight -= 1
-            if not pending.waiting and not pending.in_flight:
-                self._pending.pop(key, None)
+            self._forget_if_idle(key, pending)
+
+    def _forget_if_idle(self, key: str, pending: _Pending) -> None:
+        if pending.idle() and self._pending.get(key) is pending:
+            del self._pending[key]
 
     def _measure(self, key: str, item_s: float) -> None:
         old = self._item_s.get(key)

@@ -173,9 +173,11 @@ class Preprocess:
         spec = resolved.spec
         params = predict_params(request.query_params, spec, len(spec.labels))
         budget_s = latency_budget_s(request, self.cfg.latency_budget_s)
+        reservation = None
         try:
-            # Before reading and decoding: a request that will be refused should cost nothing.
-            self.grouper.admit(resolved.key, budget_s)
+            # Before reading and decoding: a request that will be refused should cost nothing. The
+            # reservation counts it as queued from now, so a burst is not all admitted at once.
+            reservation = self.grouper.admit(resolved.key, budget_s)
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             data = image_bytes(request.headers.get("content-type"), body)
             # cv2 releases the GIL: decoding off the event loop lets requests overlap.
@@ -186,11 +188,14 @@ class Preprocess:
             remaining_s = budget_s - pre_ms / 1000
             # Wall-clock: the deadline is compared in other processes, maybe on other nodes.
             item = (image, conf_floor, meta, params, time.time() + remaining_s)
-            result = await self.grouper.submit(resolved.key, item, remaining_s)
+            result = await self.grouper.submit(resolved.key, item, remaining_s, reservation)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"model {shown(name)} cannot answer within the "
                            f"{budget_s * 1000:.0f} ms budget now ({exc}); retry later",
                            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        finally:
+            if reservation is not None:
+                reservation.release()  # a bad body, a decode error, a client gone: its place is free
 
         if result.get("expired"):
             # Inference dropped it unrun: its deadline passed while it waited for the model.

@@ -21,10 +21,15 @@ from pathlib import Path
 
 import requests
 
-from load_tests.bench import DEMO, SHARED_MODELS, ServedCluster, machine, percentile
+from load_tests.bench import DEMO, SHARED_MODELS, ServedCluster, cpu_seconds, machine, percentile
 
 
-def step(url: str, data: bytes, clients: int, seconds: float, budget_ms: int) -> dict:
+def step(cluster: ServedCluster, data: bytes, clients: int, seconds: float, budget_ms: int) -> dict:
+    """One step of `clients` closed-loop threads; also the CPU each side spent (the client threads
+    run in this process, on the same cores as the server)."""
+    url = cluster.url
+    procs = cluster.processes()
+    server0, client0 = cpu_seconds(procs), time.process_time()
     results: list[tuple[int, str | None, float]] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -48,6 +53,12 @@ def step(url: str, data: bytes, clients: int, seconds: float, budget_ms: int) ->
         t.start()
     for t in threads:
         t.join()
+    elapsed = max(time.monotonic() - stop + seconds, seconds)
+    client_s = time.process_time() - client0
+    server1 = cpu_seconds(procs)
+    server_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items())
+    pipeline_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items()
+                     if kind == "Pipeline")
     ok = [ms for status, _, ms in results if status == 200]
     refused = [ms for status, code, ms in results if code == "overloaded"]
     kinds = collections.Counter(code if status != 200 else "200" for status, code, _ in results)
@@ -58,6 +69,8 @@ def step(url: str, data: bytes, clients: int, seconds: float, budget_ms: int) ->
         "refused_p50": percentile(refused, 50) if refused else None,
         "refused_p99": percentile(refused, 99) if refused else None,
         "kinds": dict(kinds),
+        # Cores busy on average: the whole cluster, its Pipeline replica, and the client threads.
+        "server_cores": server_s / elapsed, "pipeline_cores": pipeline_s / elapsed, "client_cores": client_s / elapsed,
     }
 
 
@@ -76,9 +89,9 @@ def main() -> None:
     try:
         cluster.deploy(autoscaling=False)
         data = args.image.read_bytes()
-        step(cluster.url, data, 1, 3, args.budget_ms)  # warm: admission has measured the model
+        step(cluster, data, 1, 3, args.budget_ms)  # warm: admission has measured the model
         for clients in args.steps:
-            rows.append(step(cluster.url, data, clients, args.step_s, args.budget_ms))
+            rows.append(step(cluster, data, clients, args.step_s, args.budget_ms))
             print(rows[-1], flush=True)
     finally:
         cluster.shutdown()
@@ -88,11 +101,12 @@ def main() -> None:
 
     print(f"\n### Overload, {args.model.name} on {args.image.name}, budget {args.budget_ms} ms — {machine()}\n")
     print("| clients | answers | 200/s | 200 p50 ms | 200 p99 ms | 200s over budget | refused p50 ms "
-          "| refused p99 ms | answers by kind |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "| refused p99 ms | cores: cluster (Pipeline) | cores: client | answers by kind |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         print(f"| {r['clients']} | {r['answers']} | {r['rps_ok']:.1f} | {ms(r['ok_p50'])} | {ms(r['ok_p99'])} "
-              f"| {r['over_budget']} | {ms(r['refused_p50'])} | {ms(r['refused_p99'])} | {r['kinds']} |")
+              f"| {r['over_budget']} | {ms(r['refused_p50'])} | {ms(r['refused_p99'])} "
+              f"| {r['server_cores']:.2f} ({r['pipeline_cores']:.2f}) | {r['client_cores']:.2f} | {r['kinds']} |")
 
 
 if __name__ == "__main__":

@@ -167,3 +167,51 @@ def test_a_stale_estimate_cannot_refuse_for_ever():
     estimate_after_stall, refreshed, shed = asyncio.run(main())
     assert estimate_after_stall < 0.01 * 3 * 1.5  # capped: at most 3x the old estimate, EWMA-weighted
     assert refreshed < 100.0 and shed == 0
+
+
+def test_admitted_items_hold_their_place_until_submitted():
+    """Seen under a retry flood (load_tests/overload.py): a burst all passed admission before any of
+    it was queued, paid for reading and decoding, then most was refused at submit. A reservation
+    counts an admitted item as queued from admission on."""
+
+    async def main():
+        down = Downstream(delay_s=0.05)
+        grouper = CallGrouper(down.send, max_group=1, max_in_flight=1)
+        await grouper.submit("m:1", 0, budget_s=0.3)  # measured: 50 ms per item
+        blocker = asyncio.create_task(grouper.submit("m:1", 1))  # something ahead, so admission predicts
+        await asyncio.sleep(0)
+        admitted, refused = [], 0
+        for _ in range(20):  # a burst arriving while earlier ones are still reading their bodies
+            try:
+                admitted.append(grouper.admit("m:1", 0.3))
+            except Overloaded:
+                refused += 1
+        # Each reservation counts as 50 ms of work ahead: about 0.3 s / 50 ms are taken, not all 20.
+        assert 3 <= len(admitted) <= 6 and refused == 20 - len(admitted)
+        answers = await asyncio.gather(*(grouper.submit("m:1", 10 + i, 0.3, r) for i, r in enumerate(admitted)))
+        await blocker
+        admitted[0].release()  # idempotent: already released by submit
+        return answers, dict(grouper._pending)
+
+    answers, pending = asyncio.run(main())
+    assert answers and all(a.startswith("m:1:1") for a in answers)
+    assert pending == {}  # every reservation released, nothing left behind
+
+
+def test_a_reservation_given_up_frees_its_place():
+    async def main():
+        down = Downstream(delay_s=0.05)
+        grouper = CallGrouper(down.send, max_group=1, max_in_flight=1)
+        await grouper.submit("m:1", 0)
+        blocker = asyncio.create_task(grouper.submit("m:1", 1))
+        await asyncio.sleep(0)
+        held = [grouper.admit("m:1", 0.3) for _ in range(3)]
+        before = grouper.predicted_s("m:1")
+        for r in held:
+            r.release()  # e.g. the body was bad or the client went away
+        after = grouper.predicted_s("m:1")
+        await blocker
+        return before, after, dict(grouper._pending)
+
+    before, after, pending = asyncio.run(main())
+    assert before > after and pending == {}

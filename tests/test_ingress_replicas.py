@@ -49,7 +49,7 @@ def test_killing_one_of_two_ingress_replicas_leaves_the_port_serving(twin_api):
                 r = session.post(f"{twin_api}/v1/models/det/predict", data=data, timeout=30,
                                  headers={"content-type": "image/jpeg"})
                 outcome = r.status_code if r.status_code == 200 else r.json()["error"]["code"]
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 outcome = "connection"  # the request was on the replica that died
                 session = requests.Session()
             results.append((t0, time.monotonic(), outcome))
