@@ -7,12 +7,15 @@ subprocess that the fixture starts and stops.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 
 import cv2
 import mlflow
+import psutil
 import pytest
 import requests
 from ray import serve
@@ -210,3 +213,51 @@ def test_removing_the_alias_stops_serving(served):
         assert requests.post(url, data=RED_PNG, timeout=30).status_code == 200
     finally:
         registry.promote("colors", served["v2"], "staging", tracking_uri=uri)
+
+
+def _replica_pids(app: str) -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0].startswith(f"ray::ServeReplica:{app}:Pipeline")}
+
+
+def test_registry_gone_and_the_replica_killed_keeps_serving_from_the_cache(served, backend):
+    """Issue 12, finding 1, as it was seen: the sqlite store moved away, then the serving replica
+    killed. The new replica serves the cached catalog, creates nothing at the store's path and
+    reports `registry_error`; once the store is back it recovers without a restart."""
+    kind, uri, _ = backend
+    if kind != "sqlite":
+        pytest.skip("the outage is staged by moving the sqlite file away")
+    base, app = served["base"], f"reg-{kind}"
+    url = f"{base}/v1/models/colors/predict"
+    db = registry.sqlite_path(uri)
+    moved = db.with_name("moved-away.db")
+    old = _replica_pids(app)
+    db.rename(moved)
+    try:
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        deadline, answer = killed_at + 120, None
+        while time.monotonic() < deadline:
+            if _replica_pids(app) - old:
+                try:
+                    answer = requests.post(url, data=RED_PNG, headers={"content-type": "image/png"}, timeout=10)
+                    if answer.status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+            time.sleep(0.5)
+        assert answer is not None and answer.status_code == 200, answer and answer.text
+        assert answer.json()["version"] == served["v1"]
+        ready = requests.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200 and "registry_error" in ready.json(), ready.text
+        assert "registry_error" in requests.get(f"{base}/v1/models", timeout=10).json()
+        assert not db.exists(), "a serving replica must never create a registry"
+        print(f"\nregistry gone, replica killed: serving from the cache after {time.monotonic() - killed_at:.1f}s")
+    finally:
+        moved.rename(db)
+    deadline = time.monotonic() + POLL_S + 30
+    while "registry_error" in requests.get(f"{base}/readyz", timeout=10).json():
+        assert time.monotonic() < deadline, "the registry came back but the replica still reports it gone"
+        time.sleep(0.5)
+    assert requests.post(url, data=RED_PNG, headers={"content-type": "image/png"}, timeout=30).status_code == 200
