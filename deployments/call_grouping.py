@@ -97,19 +97,28 @@ class CallGrouper:
         ahead = (len(pending.waiting) + pending.items_in_flight + pending.reserved) if pending else 0
         return item_s * (ahead / self.max_in_flight + 1)
 
-    def admit(self, key: str, budget_s: float) -> Reservation:
-        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`; else hold its
-        place until `submit` (pass the reservation) or `release()`.
+    def check(self, key: str, budget_s: float) -> None:
+        """Raise Overloaded if a new item for `key` is predicted to miss `budget_s`.
 
         With nothing ahead of it, an item is always taken: the estimate is only refreshed by calls
         that complete, so refusing then could leave a stale estimate refusing everything for ever.
         """
+        pending = self._pending.get(key)
+        if pending is None or pending.idle():
+            return
+        predicted = self.predicted_s(key)
+        if predicted is not None and predicted > budget_s:
+            self.shed += 1
+            raise Overloaded(predicted, budget_s, retry_after_s=predicted - self._item_s[key])
+
+    def admit(self, key: str, budget_s: float) -> Reservation:
+        """`check`, then hold the item's place until `submit` (pass the reservation) or `release()`.
+
+        Take it when the item's remaining work before queueing is short and sure (decoding), not
+        while its client still sends the body: a slow client must not hold a place for long.
+        """
+        self.check(key, budget_s)
         pending = self._pending.setdefault(key, _Pending())
-        if not pending.idle():
-            predicted = self.predicted_s(key)
-            if predicted is not None and predicted > budget_s:
-                self.shed += 1
-                raise Overloaded(predicted, budget_s, retry_after_s=predicted - self._item_s[key])
         pending.reserved += 1
         return Reservation(self, key, pending)
 
@@ -119,7 +128,7 @@ class CallGrouper:
         if reservation is not None:
             reservation.release()
         if budget_s is not None:
-            self.admit(key, budget_s).release()
+            self.check(key, budget_s)
         pending = self._pending.setdefault(key, _Pending())
         future = asyncio.get_running_loop().create_future()
         pending.waiting.append((item, future))

@@ -175,11 +175,14 @@ class Preprocess:
         budget_s = latency_budget_s(request, self.cfg.latency_budget_s)
         reservation = None
         try:
-            # Before reading and decoding: a request that will be refused should cost nothing. The
-            # reservation counts it as queued from now, so a burst is not all admitted at once.
-            reservation = self.grouper.admit(resolved.key, budget_s)
+            # Before reading: a request that will be refused should cost nothing.
+            self.grouper.check(resolved.key, budget_s)
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             data = image_bytes(request.headers.get("content-type"), body)
+            # Before decoding, again, now holding a place: requests decoding count as queued, so a
+            # burst is not all decoded only to be refused when queued. Not while the body arrives:
+            # slow clients would hold places and refuse everyone else.
+            reservation = self.grouper.admit(resolved.key, budget_s - (time.perf_counter() - t0))
             # cv2 releases the GIL: decoding off the event loop lets requests overlap.
             image, meta = await asyncio.get_running_loop().run_in_executor(
                 self._decode_pool, self._prepare, data, resolved)

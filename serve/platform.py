@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster import auth
+from serve.prometheus_config import service_discovery_file, write_prometheus_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / ".data"
@@ -236,6 +237,7 @@ def up() -> int:
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    prometheus_yml = write_prometheus_config(state["temp_dir"], DATA_DIR / "prometheus.yml")
     sample = next(iter(sorted(SAMPLE.glob("shapes_*.jpg"))), None)
     print(f"""
 visionray is up.
@@ -244,6 +246,9 @@ visionray is up.
   also       http://127.0.0.1:{SERVE_PROXY_PORT}  (the same API through Serve's proxy)
   dashboard  {state['dashboard']}  (Serve tab: replicas per stage)
   logs       {state['temp_dir']}/session_latest/logs
+  metrics    {service_discovery_file(state['temp_dir'])}  (Ray's Prometheus file-SD: every node's
+             metrics port); a ready config: prometheus --config.file={prometheus_yml.relative_to(PROJECT_ROOT)}
+             (metric list: docs/metrics.md; Grafana dashboard: docs/grafana-dashboard.json)
   token      {token}  (Ray's CLIs read it from there; RAY_AUTH_MODE=token)
 
 This head listens on 127.0.0.1 only; no other machine can join it. For a cluster, start the

@@ -1,0 +1,45 @@
+"""Metric names, labels and bucket layout (deployments/metrics.py), without Ray."""
+
+from __future__ import annotations
+
+import re
+
+from deployments.metrics import LATENCY_BUCKETS_MS, SPECS, STAGES, Metrics, stage_times_ms
+
+# Labels that would make series unbounded: never allowed.
+UNBOUNDED = {"request_id", "rid", "path", "url", "client", "name_raw"}
+# Serve adds these itself and refuses them as tag keys.
+RESERVED = {"application", "deployment", "replica"}
+
+
+def test_names_and_labels_are_prometheus_safe_and_bounded():
+    for spec in SPECS.values():
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name), spec.name
+        assert spec.exported.startswith("ray_visionray_")
+        assert spec.kind in ("counter", "gauge", "histogram")
+        assert not (set(spec.tags) & (UNBOUNDED | RESERVED)), spec
+        assert (spec.kind == "histogram") == bool(spec.boundaries), spec
+        assert list(spec.boundaries) == sorted(set(spec.boundaries)), spec
+    assert SPECS["requests"].exported == "ray_visionray_requests_total"
+    assert set(SPECS["requests"].tags) == {"model", "version", "alias", "code"}
+
+
+def test_latency_buckets_resolve_1_ms_to_30_s():
+    assert LATENCY_BUCKETS_MS[0] == 1 and LATENCY_BUCKETS_MS[-1] == 30_000
+    # No decade without at least two boundaries: p50/p99 stay readable at any speed.
+    for low in (1, 10, 100, 1_000, 10_000):
+        assert sum(low <= b < low * 10 for b in LATENCY_BUCKETS_MS) >= 2, low
+
+
+def test_stage_times_account_for_the_whole_request():
+    timings = {"preprocess_ms": 4.0, "inference_ms": 30.0, "postprocess_ms": 1.0, "total_ms": 41.0, "batch_size": 2}
+    stages = stage_times_ms(timings)
+    assert set(stages) == set(STAGES)
+    assert stages["queue"] == 6.0 and sum(stages.values()) == 41.0
+    assert stage_times_ms({"total_ms": 1.0, "inference_ms": 3.0})["queue"] == 0.0  # never negative
+
+
+def test_recording_outside_ray_never_raises():
+    m = Metrics()
+    m.predict_answered("m", "1", "production", 200, 12.0, 1, {"total_ms": 12.0})
+    m.inc("shed", model="m", version="1")
