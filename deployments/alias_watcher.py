@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from deployments.metrics import METRICS
 from model_registry.source import ModelSource, RegistryUnavailable, ResolvedModel
 
 log = logging.getLogger("ray.serve")
@@ -57,6 +58,7 @@ class AliasWatcher:
         self.states: dict[tuple[str, str], AliasState] = {}
         self.catalog: dict[str, dict[str, str]] | None = None
         self.registry_error: str | None = None
+        self._last_good_poll = time.monotonic()
 
     async def run(self) -> None:
         while True:
@@ -67,10 +69,13 @@ class AliasWatcher:
             await asyncio.sleep(self.poll_interval_s)
 
     async def poll_once(self) -> None:
+        t0 = time.monotonic()
         try:
             catalog = await asyncio.to_thread(self.source.poll)
             self.registry_error = None
+            self._last_good_poll = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what is loaded
+            METRICS.inc("registry_poll_errors")
             self.registry_error = one_line(exc)
             # Follow the last catalog known (this replica's, else the node's cached one), so that
             # versions that failed to load are retried during the outage too.
@@ -79,6 +84,9 @@ class AliasWatcher:
                 log.warning("model source unreachable and no catalog known yet: %s", self.registry_error)
                 return
             log.warning("model source unreachable, following the last known catalog: %s", self.registry_error)
+        finally:
+            METRICS.observe("registry_poll_ms", (time.monotonic() - t0) * 1000)
+            METRICS.set("registry_seconds_since_success", time.monotonic() - self._last_good_poll)
         self.catalog = catalog
         for alias, models in catalog.items():
             for name, version in models.items():
@@ -104,6 +112,7 @@ class AliasWatcher:
             st.retry_at = time.monotonic() + min(MAX_BACKOFF_S, self.base_backoff_s * 2 ** (st.attempts - 1))
             log.error("%s@%s: version %s cannot serve (attempt %d), keeping %s: %s",
                       name, alias, version, st.attempts, st.version, st.error)
+            METRICS.inc("model_load_failures", model=name, version=version)
             return
         log.info("%s@%s: switching %s -> %s", name, alias, st.version, version)
         st.previous, st.version = st.version, version
@@ -112,11 +121,16 @@ class AliasWatcher:
 
     def _publish(self, alias: str, name: str, resolved: ResolvedModel | None) -> None:
         table = dict(self.serving.get(alias, {}))
+        old = table.get(name)
         if resolved is None:
             table.pop(name, None)
         else:
             table[name] = resolved
         self.serving = {**self.serving, alias: table}
+        if old is not None and (resolved is None or old.version != resolved.version):
+            METRICS.set("model_serving", 0, model=name, version=old.version, alias=alias)
+        if resolved is not None:
+            METRICS.set("model_serving", 1, model=name, version=resolved.version, alias=alias)
 
     @property
     def ready(self) -> bool:

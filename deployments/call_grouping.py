@@ -74,8 +74,10 @@ class CallGrouper:
     Two in flight keep a downstream with two run slots busy while the next group forms.
     """
 
-    def __init__(self, send: SendGroup, max_group: int = 8, max_in_flight: int = 2):
+    def __init__(self, send: SendGroup, max_group: int = 8, max_in_flight: int = 2,
+                 on_abandoned: Callable[[str, int], None] | None = None):
         self.send = send
+        self.on_abandoned = on_abandoned  # (key, count) when items are dropped unsent
         self.max_group = max_group
         self.max_in_flight = max_in_flight
         self._pending: dict[str, _Pending] = {}
@@ -143,7 +145,11 @@ class CallGrouper:
                 # A caller that went away (client disconnect, timeout) cancelled its future:
                 # its item is not sent, so the model never runs work nobody waits for.
                 live = [waiter for waiter in pending.waiting if not waiter[1].done()]
-                self.abandoned += len(pending.waiting) - len(live)
+                gone = len(pending.waiting) - len(live)
+                if gone:
+                    self.abandoned += gone
+                    if self.on_abandoned is not None:
+                        self.on_abandoned(key, gone)
                 if not live:
                     pending.waiting = []
                     break

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
+from deployments.metrics import METRICS
 from deployments.model_versions import LoadedVersions
 from deployments.onnx_backend import BackendSettings, OnnxModel
 from deployments.placement import node_id, node_info
@@ -32,6 +33,8 @@ class BatchedModel:
     def __init__(self, resolved: ResolvedModel, backend: BackendSettings, batching: BatchingConfig):
         self.resolved = resolved
         self.model = OnnxModel(resolved.path, resolved.spec, backend)
+        self._tags = {"model": resolved.name, "version": resolved.version}
+        METRICS.observe("model_load_ms", self.model.load_ms, **self._tags)
         self.batch_sizes: Counter[int] = Counter()
         self.deadline_dropped = 0  # images not run: their request's deadline had passed
         self._warmed = 0
@@ -106,6 +109,7 @@ class BatchedModel:
         if time.time() <= deadline:
             return False
         self.deadline_dropped += 1
+        METRICS.inc("deadline_dropped", **self._tags)
         return True
 
     async def _run_alone(self, image: np.ndarray, conf: float, deadline: float) -> tuple[np.ndarray | None, dict]:
@@ -121,7 +125,9 @@ class BatchedModel:
         images = [img for group_images, _ in groups for img in group_images]
         confs = [conf for _, group_confs in groups for conf in group_confs]
         self.batch_sizes[len(images)] += 1
+        METRICS.observe("batch_size", len(images), **self._tags)
         self._running += 1
+        METRICS.set("concurrent_runs", self._running, **self._tags)
         if self._running >= self.max_concurrent_batches:
             self._slot_free.clear()
         t0 = time.perf_counter()
@@ -132,6 +138,7 @@ class BatchedModel:
                 self._executor, self._infer, images, confs, alone)
         finally:
             self._running -= 1
+            METRICS.set("concurrent_runs", self._running, **self._tags)
             self._slot_free.set()
         ms = round((time.perf_counter() - t0) * 1000, 2)
         timings = {"inference_ms": ms, "batch_size": len(images), "node_id": node_id()}

@@ -126,3 +126,7 @@ class Metrics:
         if timings is not None:
             for stage, ms in stage_times_ms(timings).items():
                 self.observe("stage_latency_ms", ms, model=model, version=version, stage=stage)
+
+
+# One recorder per process: every stage and model in a replica records into the same metric objects.
+METRICS = Metrics()

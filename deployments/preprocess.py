@@ -27,6 +27,7 @@ from starlette.responses import Response
 from deployments.alias_watcher import AliasWatcher, one_line
 from deployments.call_grouping import CallGrouper, Overloaded
 from deployments.image_codec import ImageDecodeError, decode_image
+from deployments.metrics import METRICS, UNKNOWN_MODEL
 from deployments.onnx_backend import cores_available
 from deployments.placement import node_id, node_info
 from deployments.preprocessing import prepare_image
@@ -52,6 +53,8 @@ from serve.settings import PipelineConfig, make_source
 log = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = "1"
+# Where predict leaves what the request's metrics are labelled with (model, version, alias, timings).
+_METRICS_SCOPE_KEY = "visionray.metrics"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -63,7 +66,8 @@ class Preprocess:
             self.stages = RemoteStages(inference, postprocess)
         else:
             self.stages = InProcessStages(config)
-        self.grouper = CallGrouper(self._send_group, self.cfg.max_group, self.cfg.max_in_flight)
+        self.grouper = CallGrouper(self._send_group, self.cfg.max_group, self.cfg.max_in_flight,
+                                   on_abandoned=self._count_abandoned)
         # Decoding is CPU work: more threads than cores only add switches and GIL hand-offs.
         self._decode_pool = ThreadPoolExecutor(max_workers=max(2, cores_available()), thread_name_prefix="decode")
         self.serving_alias = self.cfg.registry.serving_alias
@@ -77,6 +81,10 @@ class Preprocess:
                                           header_timeout_s=self.cfg.header_timeout_s,
                                           max_connections_per_client=self.cfg.max_connections_per_client)
             await self.http.start()
+
+    @staticmethod
+    def _count_abandoned(key: str, count: int) -> None:
+        METRICS.inc("abandoned", count, model=key.rpartition(":")[0])
 
     async def _prepare_stages(self, resolved: ResolvedModel) -> None:
         """Load and warm a version in inference and postprocess before it may serve."""
@@ -103,6 +111,8 @@ class Preprocess:
         return response
 
     async def answer(self, request: Request, rid: str) -> Response:
+        t0 = time.perf_counter()
+        handler = None
         try:
             path = request.url.path
             # Under a route_prefix other than "/", Serve passes it as root_path.
@@ -110,13 +120,13 @@ class Preprocess:
             if root and path.startswith(root):
                 path = path[len(root):] or "/"
             handler, path_params = route(request.method, path)
-            return await getattr(self, handler)(request, rid, **path_params)
+            response = await getattr(self, handler)(request, rid, **path_params)
         except ApiError as err:
             if err.status != 408:  # a stalled body is not waited for twice
                 await discard_unread_body(request)
-            return error_response(err, rid)
+            response = error_response(err, rid)
         except BackPressureError:
-            return error_response(
+            response = error_response(
                 ApiError(503, "overloaded", "the pipeline is at capacity; retry shortly",
                          {"Retry-After": RETRY_AFTER_S}), rid)
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException,
@@ -124,11 +134,23 @@ class Preprocess:
             # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
             # arrive as RayTaskError): predict is idempotent, the client may retry.
             log.warning("request %s: a stage is unavailable: %s", rid, one_line(exc))
-            return error_response(ApiError(503, "stage_unavailable", f"a pipeline stage is unavailable: "
-                                           f"{one_line(exc)}", {"Retry-After": RETRY_AFTER_S}), rid)
+            response = error_response(ApiError(503, "stage_unavailable", f"a pipeline stage is unavailable: "
+                                               f"{one_line(exc)}", {"Retry-After": RETRY_AFTER_S}), rid)
         except Exception as exc:  # noqa: BLE001 - every error is the documented JSON, never Serve's text
             log.exception("request %s failed", rid)
-            return error_response(ApiError(500, "internal_error", one_line(exc)), rid)
+            response = error_response(ApiError(500, "internal_error", one_line(exc)), rid)
+        if handler == "predict":
+            self._record_predict(request, response.status_code, (time.perf_counter() - t0) * 1000)
+        return response
+
+    def _record_predict(self, request: Request, status: int, total_ms: float) -> None:
+        """Metrics of one predict request; labels only from the served catalog (bounded)."""
+        seen = request.scope.get(_METRICS_SCOPE_KEY)
+        if seen is None:  # refused before its model was resolved (unknown model or alias)
+            METRICS.predict_answered(UNKNOWN_MODEL, "", "", status, total_ms, 0, None)
+            return
+        METRICS.predict_answered(seen["model"], seen["version"], seen["alias"], status, total_ms,
+                                 seen.get("images", 0), seen.get("timings"))
 
     # -- handlers -------------------------------------------------------------------------
     async def healthz(self, request: Request, rid: str) -> Response:
@@ -170,6 +192,7 @@ class Preprocess:
         t0 = time.perf_counter()
         alias = request.query_params.get("alias") or self.serving_alias
         resolved = self._serving(name, alias)  # read once: this request's version, end to end
+        seen = request.scope[_METRICS_SCOPE_KEY] = {"model": name, "version": resolved.version, "alias": alias}
         spec = resolved.spec
         params = predict_params(request.query_params, spec, len(spec.labels))
         budget_s = latency_budget_s(request, self.cfg.latency_budget_s)
@@ -193,6 +216,7 @@ class Preprocess:
             item = (image, conf_floor, meta, params, time.time() + remaining_s)
             result = await self.grouper.submit(resolved.key, item, remaining_s, reservation)
         except Overloaded as exc:
+            METRICS.inc("shed", model=name, version=resolved.version)
             raise ApiError(503, "overloaded", f"model {shown(name)} cannot answer within the "
                            f"{budget_s * 1000:.0f} ms budget now ({exc}); retry later",
                            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
@@ -206,6 +230,7 @@ class Preprocess:
                            f"the {budget_s * 1000:.0f} ms budget; retry later", {"Retry-After": RETRY_AFTER_S})
         timings = {"preprocess_ms": round(pre_ms, 2), **result.pop("timings_ms")}
         timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        seen.update(images=1, timings=timings)
         return json_response({
             "model": name,
             "version": resolved.version,

@@ -14,17 +14,24 @@ from serve.app_deploy import free_port
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_temp_dir() -> str:
+    # Short path: Ray's unix sockets live under the temp dir and have a length limit.
+    return tempfile.mkdtemp(prefix="vrt", dir="/tmp")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_temp_dir):
     import ray
     from ray import serve
 
-    # Short path: Ray's unix sockets live under the temp dir and have a length limit.
-    temp_dir = tempfile.mkdtemp(prefix="vrt", dir="/tmp")
     ray.init(
         address="local",
         num_cpus=4,  # logical CPUs: room for a few small apps on a 2-core machine
-        include_dashboard=False,
-        _temp_dir=temp_dir,
+        # The dashboard writes Prometheus' service-discovery file (tests/test_metrics_prometheus.py),
+        # as in `make up`.
+        include_dashboard=True,
+        dashboard_port=free_port(),
+        _temp_dir=ray_temp_dir,
         logging_level="WARNING",
         log_to_driver=False,
     )

@@ -1,0 +1,116 @@
+"""Issue 13: the platform's metrics, scraped by a real Prometheus with the config `make up` writes.
+
+The Debian `prometheus` binary is started on a free port with serve/prometheus_config.py's config
+(file-SD on Ray's discovery file); requests go over real HTTP to a real Serve app; the answers
+are read back through Prometheus' HTTP API.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from demo_models import evaluate
+from serve.app_deploy import app_config, deploy, free_port, wait_ready
+from serve.prometheus_config import service_discovery_file, write_prometheus_config
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
+                                reason="needs the prometheus binary (Debian package `prometheus`; .ci/run installs it)")
+
+MODEL = "metrics-det"
+SAMPLE = evaluate.HERE / "samples" / "shapes_640x480.jpg"
+
+
+@pytest.fixture(scope="module")
+def prometheus(ray_cluster, ray_temp_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prometheus")
+    deadline = time.monotonic() + 60
+    while not service_discovery_file(ray_temp_dir).exists():  # written by Ray's dashboard
+        assert time.monotonic() < deadline, f"Ray wrote no {service_discovery_file(ray_temp_dir)}"
+        time.sleep(0.5)
+    config = write_prometheus_config(ray_temp_dir, tmp / "prometheus.yml", scrape_interval_s=1)
+    port = free_port()
+    log = open(tmp / "prometheus.log", "wb")
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/-/ready", 60)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def metrics_api(ray_cluster):
+    from ray import serve
+
+    port = free_port()
+    deploy([app_config("metrics", "/metrics-app", [{"name": MODEL, "path": str(evaluate.DETECTOR_PATH)}],
+                       http_port=port)])
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/readyz")
+    yield base
+    serve.delete("metrics")
+
+
+def query(prometheus: str, promql: str) -> list[dict]:
+    r = requests.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=10)
+    r.raise_for_status()
+    return r.json()["data"]["result"]
+
+
+def value(prometheus: str, promql: str) -> float | None:
+    result = query(prometheus, promql)
+    return float(result[0]["value"][1]) if result else None
+
+
+def eventually(prometheus: str, promql: str, expected: float, timeout_s: float = 90) -> float | None:
+    """Ray reports metrics to its agent every few seconds and Prometheus scrapes every second."""
+    deadline, got = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        got = value(prometheus, promql)
+        if got == expected:
+            return got
+        time.sleep(1)
+    return got
+
+
+def test_prometheus_sees_requests_by_code_stage_latencies_and_the_version_in_service(prometheus, metrics_api):
+    data = SAMPLE.read_bytes()
+    url = f"{metrics_api}/v1/models/{MODEL}/predict"
+    good, bad = 9, 3
+    for _ in range(good):
+        assert requests.post(url, data=data, headers={"content-type": "image/jpeg"}, timeout=30).status_code == 200
+    assert requests.post(url, data=data[:300], headers={"content-type": "image/jpeg"},  # truncated
+                         timeout=30).status_code == 400
+    assert requests.post(url, data=data, params={"conf": "2"}, timeout=30).status_code == 422
+    assert requests.post(url, data=b"", headers={"content-type": "image/jpeg"}, timeout=30).status_code == 400
+    unknown = requests.post(f"{metrics_api}/v1/models/{'x' * 300}/predict", data=data, timeout=30)
+    assert unknown.status_code == 404
+
+    ok = f'sum(ray_visionray_requests_total{{model="{MODEL}",code="200"}})'
+    assert eventually(prometheus, ok, good) == good
+    assert eventually(prometheus, f'sum(ray_visionray_requests_total{{model="{MODEL}",code=~"4.."}})', bad) == bad
+    # The unknown name is not a label value: it is counted under one bounded name.
+    assert eventually(prometheus, 'sum(ray_visionray_requests_total{model="_unknown",code="404"})', 1) == 1
+    assert not query(prometheus, f'ray_visionray_requests_total{{model="{"x" * 300}"}}')
+
+    stages = {r["metric"]["stage"]: float(r["value"][1]) for r in query(
+        prometheus, f'sum by (stage) (ray_visionray_stage_latency_ms_count{{model="{MODEL}"}})')}
+    assert stages == {"queue": good, "preprocess": good, "inference": good, "postprocess": good}, stages
+    p50 = value(prometheus, f'histogram_quantile(0.5, sum by (le) '
+                            f'(ray_visionray_stage_latency_ms_bucket{{model="{MODEL}",stage="inference"}}))')
+    assert p50 is not None and 0 < p50 < 5_000
+    assert value(prometheus, f'sum(ray_visionray_batch_size_count{{model="{MODEL}"}})') == good
+
+    version = requests.get(f"{metrics_api}/v1/models/{MODEL}", timeout=30).json()["version"]
+    serving = query(prometheus, f'ray_visionray_model_serving{{model="{MODEL}"}} == 1')
+    assert [(r["metric"]["version"], r["metric"]["alias"]) for r in serving] == [(version, "production")], serving
+    assert value(prometheus, "max(ray_visionray_registry_seconds_since_success)") is not None
