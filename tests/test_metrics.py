@@ -43,3 +43,22 @@ def test_recording_outside_ray_never_raises():
     m = Metrics()
     m.predict_answered("m", "1", "production", 200, 12.0, 1, {"total_ms": 12.0})
     m.inc("shed", model="m", version="1")
+
+
+def test_docs_list_every_metric_and_the_dashboard_is_current():
+    import json
+    from pathlib import Path
+
+    from serve.grafana_dashboard import dashboard
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "metrics.md").read_text()
+    for spec in SPECS.values():
+        assert f"`{spec.exported}`" in doc, spec.exported
+    committed = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    assert committed == dashboard(), "regenerate: python -m serve.grafana_dashboard > docs/grafana-dashboard.json"
+    exprs = " ".join(t["expr"] for p in committed["panels"] for t in p["targets"])
+    used = set(re.findall(r"ray_visionray_[a-z_]+", exprs))
+    known = {s.exported for s in SPECS.values()} | {f"{s.exported}_{part}" for s in SPECS.values()
+                                                    for part in ("bucket", "sum", "count")}
+    assert used and used <= known, used - known
