@@ -11,6 +11,7 @@ counted as UNKNOWN_MODEL), versions from the registry, `code` is the HTTP status
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -73,6 +74,16 @@ def stage_times_ms(timings: dict) -> dict[str, float]:
               "postprocess": timings.get("postprocess_ms", 0.0)}
     stages["queue"] = max(0.0, timings.get("total_ms", 0.0) - sum(stages.values()))
     return stages
+
+
+def request_log_line(rid: str, seen: dict | None, status: int, total_ms: float) -> str:
+    """The structured log line of one predict request (config `request_log`): one JSON object."""
+    seen = seen or {}
+    line = {"request_id": rid, "model": seen.get("model", UNKNOWN_MODEL), "version": seen.get("version"),
+            "alias": seen.get("alias"), "status": status, "total_ms": round(total_ms, 2)}
+    if seen.get("timings"):
+        line["stages_ms"] = {k: round(v, 2) for k, v in stage_times_ms(seen["timings"]).items()}
+    return json.dumps(line, separators=(",", ":"))
 
 
 class Metrics:

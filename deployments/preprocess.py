@@ -27,7 +27,7 @@ from starlette.responses import Response
 from deployments.alias_watcher import AliasWatcher, one_line
 from deployments.call_grouping import CallGrouper, Overloaded
 from deployments.image_codec import ImageDecodeError, decode_image
-from deployments.metrics import METRICS, UNKNOWN_MODEL
+from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.onnx_backend import cores_available
 from deployments.placement import node_id, node_info
 from deployments.preprocessing import prepare_image
@@ -51,6 +51,8 @@ from serve.http_server import IngressHttpServer
 from serve.settings import PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
+# A child of Serve's logger: its lines go where Serve writes the replica's log.
+request_log = logging.getLogger("ray.serve.visionray.requests")
 
 RETRY_AFTER_S = "1"
 # Where predict leaves what the request's metrics are labelled with (model, version, alias, timings).
@@ -140,17 +142,19 @@ class Preprocess:
             log.exception("request %s failed", rid)
             response = error_response(ApiError(500, "internal_error", one_line(exc)), rid)
         if handler == "predict":
-            self._record_predict(request, response.status_code, (time.perf_counter() - t0) * 1000)
+            self._record_predict(request, rid, response.status_code, (time.perf_counter() - t0) * 1000)
         return response
 
-    def _record_predict(self, request: Request, status: int, total_ms: float) -> None:
-        """Metrics of one predict request; labels only from the served catalog (bounded)."""
+    def _record_predict(self, request: Request, rid: str, status: int, total_ms: float) -> None:
+        """Metrics (and, if configured, the log line) of one predict request."""
         seen = request.scope.get(_METRICS_SCOPE_KEY)
         if seen is None:  # refused before its model was resolved (unknown model or alias)
             METRICS.predict_answered(UNKNOWN_MODEL, "", "", status, total_ms, 0, None)
-            return
-        METRICS.predict_answered(seen["model"], seen["version"], seen["alias"], status, total_ms,
-                                 seen.get("images", 0), seen.get("timings"))
+        else:
+            METRICS.predict_answered(seen["model"], seen["version"], seen["alias"], status, total_ms,
+                                     seen.get("images", 0), seen.get("timings"))
+        if self.cfg.request_log:
+            request_log.info(request_log_line(rid, seen, status, total_ms))
 
     # -- handlers -------------------------------------------------------------------------
     async def healthz(self, request: Request, rid: str) -> Response:

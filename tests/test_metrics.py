@@ -62,3 +62,17 @@ def test_docs_list_every_metric_and_the_dashboard_is_current():
     known = {s.exported for s in SPECS.values()} | {f"{s.exported}_{part}" for s in SPECS.values()
                                                     for part in ("bucket", "sum", "count")}
     assert used and used <= known, used - known
+
+
+def test_the_request_log_line_is_one_json_object_without_raw_names():
+    import json
+
+    from deployments.metrics import request_log_line
+
+    timings = {"preprocess_ms": 4.0, "inference_ms": 30.0, "postprocess_ms": 1.0, "total_ms": 41.0}
+    line = request_log_line("r1", {"model": "m", "version": "3", "alias": "production", "timings": timings}, 200, 41.0)
+    assert "\n" not in line
+    assert json.loads(line) == {"request_id": "r1", "model": "m", "version": "3", "alias": "production",
+                                "status": 200, "total_ms": 41.0,
+                                "stages_ms": {"preprocess": 4.0, "inference": 30.0, "postprocess": 1.0, "queue": 6.0}}
+    assert json.loads(request_log_line("r2", None, 404, 0.5))["model"] == "_unknown"
