@@ -91,6 +91,10 @@ class AliasWatcher:
         for alias, models in catalog.items():
             for name, version in models.items():
                 await self._follow(alias, name, version)
+        # Ray stops exporting a gauge that is not set again: the serving versions are, each poll.
+        for alias, table in self.serving.items():
+            for name, resolved in table.items():
+                METRICS.set("model_serving", 1, model=name, version=resolved.version, alias=alias)
         for (alias, name), st in self.states.items():
             if name not in catalog.get(alias, {}) and st.version is not None:
                 log.info("%s@%s: alias removed; no longer serving version %s", name, alias, st.version)

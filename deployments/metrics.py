@@ -21,7 +21,10 @@ PREFIX = "visionray_"
 UNKNOWN_MODEL = "_unknown"
 # 1 ms to 30 s, about three buckets per decade: enough to read p50/p99 per stage on CPU and GPU.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Ray 2.60 exports a histogram's _sum from its buckets' midpoints, not the values: boundaries
+# halfway between integers make the midpoint of each small bucket the batch size itself, so
+# _sum / _count is the mean batch size.
+BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 6.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5, 128.5)
 IMAGE_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LOAD_BUCKETS_MS = (50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000)
 STAGES = ("queue", "preprocess", "inference", "postprocess")
@@ -52,11 +55,14 @@ SPECS = {s.name: s for s in (
                ("model", "version", "stage"), LATENCY_BUCKETS_MS),
     MetricSpec("batch_size", "histogram", "Images per model run", ("model", "version"), BATCH_BUCKETS),
     MetricSpec("concurrent_runs", "gauge", "Model runs in progress in this replica", ("model", "version")),
+    MetricSpec("ingress_requests_in_progress", "gauge",
+               "Requests being answered on this ingress replica's own HTTP port (sampled)", ()),
     MetricSpec("deadline_dropped", "counter", "Images dropped unrun because their deadline had passed",
                ("model", "version")),
     MetricSpec("shed", "counter", "Requests refused by admission (503 overloaded)", ("model", "version")),
     MetricSpec("abandoned", "counter", "Requests dropped unsent because their client had gone", ("model",)),
-    MetricSpec("model_serving", "gauge", "1 for the version an alias serves in this replica, 0 once replaced",
+    MetricSpec("model_serving", "gauge", "1 for the version an alias serves in this replica (set at each poll), "
+               "0 once replaced",
                ("model", "version", "alias")),
     MetricSpec("model_load_ms", "histogram", "Time to load and warm a model version", ("model", "version"),
                LOAD_BUCKETS_MS),

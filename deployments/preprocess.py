@@ -96,7 +96,9 @@ class Preprocess:
         self.stages.reconfigure(user_config)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {OWN_HTTP_ONGOING: float(self.http.ongoing if self.http else 0)}
+        ongoing = float(self.http.ongoing if self.http else 0)
+        METRICS.set("ingress_requests_in_progress", ongoing)  # Serve calls this every few tenths of a second
+        return {OWN_HTTP_ONGOING: ongoing}
 
     async def __del__(self):
         if getattr(self, "http", None) is not None:
