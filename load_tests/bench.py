@@ -303,7 +303,16 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
                    f"{url}/v1/models/{model}/predict"]
         env = {**os.environ, "WRK_IMAGE": str(image),
                "WRK_CONTENT_TYPE": "image/png" if image.suffix.lower() == ".png" else "image/jpeg"}
-        out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+        for attempt in (1, 2):
+            try:
+                # wrk 4.1 was seen (once, this EPYC) to sleep for ever after its duration: bounded.
+                out = subprocess.run(command, check=True, capture_output=True, text=True, env=env,
+                                     timeout=duration_s + 30).stdout
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == 2:
+                    raise
+                print(f"wrk did not finish within {duration_s + 30:.0f} s; running it again", flush=True)
         Path(f"{out_prefix}.log").write_text(out)
         summary = json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
         n = summary["requests"]
