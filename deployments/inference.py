@@ -182,6 +182,7 @@ class InferenceStage:
 
     def __init__(self, config: dict):
         cfg = PipelineConfig.model_validate(config)
+        METRICS.enabled = cfg.metrics
         self._backend = cfg.backend.settings()
         self._batching = BatchingConfig()
         source = make_source(cfg)

@@ -100,6 +100,7 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        self.enabled = True  # the app's `metrics` setting
         self._objects: dict[str, object] = {}
         self._broken: set[str] = set()
 
@@ -117,6 +118,8 @@ class Metrics:
         return found
 
     def _record(self, name: str, method: str, value: float, tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
         try:
             getattr(self._metric(name), method)(value, tags={k: str(v) for k, v in tags.items()})
         except Exception as exc:  # noqa: BLE001 - see the class docstring

@@ -64,6 +64,7 @@ class Preprocess:
     async def __init__(self, config: dict, inference: DeploymentHandle | None = None,
                        postprocess: DeploymentHandle | None = None):
         self.cfg = PipelineConfig.model_validate(config)
+        METRICS.enabled = self.cfg.metrics
         if inference is not None and postprocess is not None:
             self.stages = RemoteStages(inference, postprocess)
         else:

@@ -103,6 +103,8 @@ class PipelineConfig(BaseModel):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     # A predict body that has not fully arrived by then gets 408 (a slow or stalled client).
     body_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # The platform's Prometheus metrics (docs/metrics.md); false: none recorded (Ray's own remain).
+    metrics: bool = True
     # One JSON line per predict request in the ingress replica's log (request id, model, version,
     # alias, status, per-stage ms). Off by default: it costs CPU per request (docs/metrics.md).
     request_log: bool = False
