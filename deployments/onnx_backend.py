@@ -153,7 +153,6 @@ def sample_images(spec: ModelSpec, n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-
 def _median_run_s(run, repeats: int = 5) -> float:
     run()  # the first run allocates
     times = []

@@ -80,10 +80,20 @@ class Row:
     client_cpu_ms: float | None = None
 
 
+FAST_MODEL, FAST_IMAGE = DEMO / "detector.onnx", DEMO / "samples" / "shapes_640x480.jpg"
+SLOW_MODEL, SLOW_IMAGE = SHARED_MODELS / "yolov8n_quantized_int8.onnx", SHARED_MODELS / "images" / "bus.jpg"
+
+
+def slow_or_fast() -> tuple[Path, Path]:
+    """(model, image): the slow YOLOv8n int8 on bus.jpg where ../shared/models has it, else the demo
+    detector (the default of the load scenarios that need a model to overload)."""
+    return (SLOW_MODEL, SLOW_IMAGE) if SLOW_MODEL.is_file() and SLOW_IMAGE.is_file() else (FAST_MODEL, FAST_IMAGE)
+
+
 def default_workloads() -> list[tuple[str, Path, Path]]:
     """(label, model, image): the fast demo detector, and the slow YOLOv8n int8 where it is."""
-    out = [("fast", DEMO / "detector.onnx", DEMO / "samples" / "shapes_640x480.jpg")]
-    model, image = SHARED_MODELS / "yolov8n_quantized_int8.onnx", SHARED_MODELS / "images" / "bus.jpg"
+    out = [("fast", FAST_MODEL, FAST_IMAGE)]
+    model, image = SLOW_MODEL, SLOW_IMAGE
     if model.is_file() and image.is_file():
         out.append(("slow", model, image))
     else:
@@ -293,6 +303,27 @@ def run_locust(url: str, model: str, users: int, duration_s: float, image: Path,
     return total
 
 
+def run_wrk(url: str, image: Path, connections: int, duration_s: float,
+            headers: dict[str, str] | None = None) -> dict:
+    """wrk, closed loop, POSTing `image` to `url`: its summary (load_tests/wrk_post.lua's WRK_JSON)."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--timeout", "30s", "-s", str(WRK_SCRIPT),
+               url]
+    env = {**os.environ, "WRK_IMAGE": str(image),
+           "WRK_CONTENT_TYPE": "image/png" if image.suffix.lower() == ".png" else "image/jpeg",
+           "WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())}
+    for attempt in (1, 2):
+        try:
+            # wrk 4.1 was seen (once, this EPYC) to sleep for ever after its duration: bounded.
+            out = subprocess.run(command, check=True, capture_output=True, text=True, env=env,
+                                 timeout=duration_s + 30).stdout
+            break
+        except subprocess.TimeoutExpired:
+            if attempt == 2:
+                raise
+            print(f"wrk did not finish within {duration_s + 30:.0f} s; running it again", flush=True)
+    return json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
+
+
 def run_load(client: str, url: str, model: str, users: int, duration_s: float, image: Path,
              out_prefix: Path) -> LoadResult:
     """Closed-loop load with `users` connections; the client's own CPU is measured too."""
@@ -303,22 +334,8 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
         result = LoadResult(n, float(stats["Requests/s"]), float(stats["50%"]), float(stats["95%"]),
                             float(stats["99%"]), int(stats["Failure Count"]), 0.0)
     else:
-        command = ["wrk", "-t1", f"-c{users}", f"-d{round(duration_s)}s", "--timeout", "30s", "-s", str(WRK_SCRIPT),
-                   f"{url}/v1/models/{model}/predict"]
-        env = {**os.environ, "WRK_IMAGE": str(image),
-               "WRK_CONTENT_TYPE": "image/png" if image.suffix.lower() == ".png" else "image/jpeg"}
-        for attempt in (1, 2):
-            try:
-                # wrk 4.1 was seen (once, this EPYC) to sleep for ever after its duration: bounded.
-                out = subprocess.run(command, check=True, capture_output=True, text=True, env=env,
-                                     timeout=duration_s + 30).stdout
-                break
-            except subprocess.TimeoutExpired:
-                if attempt == 2:
-                    raise
-                print(f"wrk did not finish within {duration_s + 30:.0f} s; running it again", flush=True)
-        Path(f"{out_prefix}.log").write_text(out)
-        summary = json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
+        summary = run_wrk(f"{url}/v1/models/{model}/predict", image, users, duration_s)
+        Path(f"{out_prefix}.json").write_text(json.dumps(summary))
         n = summary["requests"]
         result = LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000,
                             summary["p95_us"] / 1000, summary["p99_us"] / 1000,

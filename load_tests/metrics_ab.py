@@ -19,7 +19,7 @@ import psutil
 import ray
 from ray import serve
 
-from load_tests.bench import DEMO, machine, run_load
+from load_tests.bench import FAST_IMAGE, FAST_MODEL, machine, run_load
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
 
 
@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
-    image = DEMO / "samples" / "shapes_640x480.jpg"
+    image = FAST_IMAGE
     ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=free_port(),
              _temp_dir=tempfile.mkdtemp(prefix="vra", dir="/tmp"), logging_level="WARNING", log_to_driver=False)
     cpu: dict[str, list[float]] = {"on": [], "off": []}
@@ -39,7 +39,7 @@ def main() -> int:
         urls, apps = {}, []
         for setting in ("on", "off"):
             port = free_port()
-            models = [{"name": "det", "path": str(DEMO / "detector.onnx")}]
+            models = [{"name": "det", "path": str(FAST_MODEL)}]
             apps.append(app_config(f"metrics-{setting}", f"/{setting}", models, http_port=port,
                                    metrics=setting == "on"))
             urls[setting] = f"http://127.0.0.1:{port}"

@@ -13,7 +13,6 @@ package), so this is the panels' data, not Grafana's rendering.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -23,26 +22,12 @@ from pathlib import Path
 
 import requests
 
-from load_tests.bench import DEMO, WRK_SCRIPT, ServedCluster, machine
+from load_tests.bench import DEMO, FAST_IMAGE, ServedCluster, machine, run_wrk
 from serve.app_deploy import free_port, wait_ready
 from serve.grafana_dashboard import PANELS
 from serve.prometheus_config import service_discovery_file, write_prometheus_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def wrk(url: str, image: Path, connections: int, seconds: float, headers: dict[str, str] | None = None) -> None:
-    script = WRK_SCRIPT.read_text()
-    for name, value in (headers or {}).items():
-        script = script.replace('wrk.headers["Content-Type"]', f'wrk.headers["{name}"] = "{value}"\n'
-                                'wrk.headers["Content-Type"]', 1)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    try:
-        subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "-s", f.name, url],
-                       env={**os.environ, "WRK_IMAGE": str(image)}, capture_output=True, check=True)
-    finally:
-        os.unlink(f.name)
 
 
 def main() -> int:
@@ -75,15 +60,15 @@ def main() -> int:
         wait_ready(f"{prom}/-/ready", 60)
         detect = f"{cluster.url}/v1/models/shapes-detector/predict"
         classify = f"{cluster.url}/v1/models/shapes-classifier/predict"
-        sample = DEMO / "samples" / "shapes_640x480.jpg"
+        sample = FAST_IMAGE
         start = time.time()
         print("steady load", flush=True)
-        wrk(detect, sample, 4, args.phase_s)
+        run_wrk(detect, sample, 4, args.phase_s)
         print("burst past capacity, 300 ms budget", flush=True)
-        wrk(detect, sample, 32, args.phase_s, {"X-Request-Timeout-Ms": "300"})
+        run_wrk(detect, sample, 32, args.phase_s, {"X-Request-Timeout-Ms": "300"})
         print("classifier and bad requests", flush=True)
-        wrk(classify, sample, 2, args.phase_s / 2)
-        wrk(f"{detect}?conf=7", sample, 2, args.phase_s / 2)
+        run_wrk(classify, sample, 2, args.phase_s / 2)
+        run_wrk(f"{detect}?conf=7", sample, 2, args.phase_s / 2)
         print("quiet", flush=True)
         time.sleep(args.phase_s / 2)
         end = time.time()

@@ -10,59 +10,44 @@ refusal = (replica CPU - 200s x the CPU of one 200 measured alone) / refusals.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from load_tests.bench import DEMO, SHARED_MODELS, WRK_SCRIPT, ServedCluster, machine
-
-
-def flood(url: str, image: Path, connections: int, seconds: float, budget_ms: int, script: Path) -> dict:
-    env = {**os.environ, "WRK_IMAGE": str(image), "WRK_BUDGET_MS": str(budget_ms)}
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(script),
-                          f"{url}/v1/models/m/predict"], env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
+from load_tests.bench import ServedCluster, machine, run_wrk, slow_or_fast
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    slow, bus = SHARED_MODELS / "yolov8n_quantized_int8.onnx", SHARED_MODELS / "images" / "bus.jpg"
-    ap.add_argument("--model", type=Path, default=slow if slow.is_file() else DEMO / "detector.onnx")
-    ap.add_argument("--image", type=Path, default=bus if bus.is_file() else DEMO / "samples" / "shapes_640x480.jpg")
+    model, image = slow_or_fast()
+    ap.add_argument("--model", type=Path, default=model)
+    ap.add_argument("--image", type=Path, default=image)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--budget-ms", type=int, default=300)
     ap.add_argument("--seconds", type=float, default=15)
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt install wrk)")
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "budget.lua"  # the bench's script, plus the budget header
-        script.write_text(WRK_SCRIPT.read_text().replace(
-            'wrk.headers["Content-Type"]', 'wrk.headers["X-Request-Timeout-Ms"] = os.getenv("WRK_BUDGET_MS")\n'
-            'wrk.headers["Content-Type"]', 1))
-        cluster = ServedCluster({"m": args.model}, ["CPUExecutionProvider"], 1, {}, 4, "in_process")
-        try:
-            cluster.deploy(autoscaling=False)
-            replica = next(p for p in cluster.processes() if "Pipeline" in " ".join(p.cmdline()))
+    cluster = ServedCluster({"m": args.model}, ["CPUExecutionProvider"], 1, {}, 4, "in_process")
+    try:
+        cluster.deploy(autoscaling=False)
+        replica = next(p for p in cluster.processes() if "Pipeline" in " ".join(p.cmdline()))
+        url, budget = f"{cluster.url}/v1/models/m/predict", {"X-Request-Timeout-Ms": str(args.budget_ms)}
 
-            def measured(connections: int) -> tuple[dict, float]:
-                before = replica.cpu_times()
-                t0 = time.monotonic()
-                result = flood(cluster.url, args.image, connections, args.seconds, args.budget_ms, script)
-                after, elapsed = replica.cpu_times(), time.monotonic() - t0
-                return result, (after.user + after.system - before.user - before.system) / elapsed
+        def measured(connections: int) -> tuple[dict, float]:
+            before = replica.cpu_times()
+            t0 = time.monotonic()
+            result = run_wrk(url, args.image, connections, args.seconds, budget)
+            after, elapsed = replica.cpu_times(), time.monotonic() - t0
+            return result, (after.user + after.system - before.user - before.system) / elapsed
 
-            flood(cluster.url, args.image, 1, 3, args.budget_ms, script)  # warm: admission has measured the model
-            alone, alone_cores = measured(1)
-            per_ok_s = alone_cores * args.seconds / alone["requests"]
-            result, cores = measured(args.connections)
-        finally:
-            cluster.shutdown()
+        run_wrk(url, args.image, 1, 3, budget)  # warm: admission has measured the model
+        alone, alone_cores = measured(1)
+        per_ok_s = alone_cores * args.seconds / alone["requests"]
+        result, cores = measured(args.connections)
+    finally:
+        cluster.shutdown()
     refused = result["non_2xx"]
     ok = result["requests"] - refused
     per_refusal_ms = (cores * args.seconds - ok * per_ok_s) / max(refused, 1) * 1000

@@ -7,6 +7,10 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "image/jpeg"
+-- More headers, one "Name: value" per line (e.g. X-Request-Timeout-Ms: 300).
+for name, value in string.gmatch(os.getenv("WRK_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
