@@ -15,8 +15,9 @@ present, a slow one (YOLOv8n int8 on bus.jpg). For each, in the same run, on the
    serve/edge.yaml's, stages as deployments, with --stages deployments), on its own HTTP port.
 Load: closed loop at each concurrency, from wrk (load_tests/wrk_post.lua; Debian package `wrk`)
 where it is installed, else locust (FastHttpUser). wrk is the default because it is the client
-the issue's figures came from and costs about 0.1 ms of CPU per request to locust's 0.8: on 2
-cores the load generator competes with the server it measures. CPU ms per request counts every
+the issue's figures came from and costs about 0.1 ms of CPU per request to locust's ~2
+(load_tests/cpu_probes.py clients): on 2 cores the load generator competes with the server it
+measures. CPU ms per request counts every
 process of the cluster (Ray's own included) or the plain server, from psutil; the load
 generator's own CPU is reported in a column of its own and not counted; neither is Ray's log
 monitor, which `make up` does not run (ray.init, used here, cannot leave it out).
