@@ -62,9 +62,22 @@ def json_error(answer: str) -> tuple[str, dict]:
 
 
 def get(s: socket.socket, path: str = "/x") -> str:
+    """One whole response on a kept-alive connection: the head and body may come in separate
+    segments, so read until Content-Length is satisfied (a lone recv can stop after the head)."""
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     s.settimeout(5)
-    return s.recv(65536).decode()
+    out = b""
+    while True:
+        head, sep, body = out.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                return out.decode()
+        chunk = s.recv(65536)
+        if not chunk:
+            return out.decode()
+        out += chunk
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET /x HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half the headers"])
