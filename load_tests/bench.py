@@ -165,7 +165,7 @@ class ServedCluster:
     """An isolated Ray cluster running the shipped application with the benchmark's models."""
 
     def __init__(self, models: dict[str, Path], providers: list, intra_op_threads: int, user_config: dict,
-                 num_cpus: int, stages: str):
+                 num_cpus: int, stages: str, app_args: dict | None = None):
         import ray
         from ray import serve
 
@@ -180,10 +180,12 @@ class ServedCluster:
         self.backend = {"providers": providers, "intra_op_threads": intra_op_threads}
         self.user_config = user_config
         self.stages = stages
+        self.app_args = app_args or {}
 
     def deploy(self, autoscaling: bool) -> None:
         models = [{"name": name, "path": str(path)} for name, path in self.models.items()]
-        app = app_config("visionray", "/", models, stages=self.stages, http_port=self.port, backend=self.backend)
+        app = app_config("visionray", "/", models, stages=self.stages, http_port=self.port,
+                         **{"backend": self.backend, **self.app_args})
         batching = next(d for d in app["deployments"] if d["name"] in ("Inference", "Pipeline"))
         batching["user_config"] = {**batching.get("user_config", {}), **self.user_config}
         if autoscaling:  # app_config pins one replica each; put the shipped autoscaling back
@@ -540,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ORT threads per run, everywhere (default: the shipped config's)")
     ap.add_argument("--user-config", type=json.loads, default={},
                     help='inference batching overrides, e.g. \'{"max_batch_size": 4}\'')
+    ap.add_argument("--app-args", type=json.loads, default={},
+                    help='application args overrides (serve/settings.py), e.g. \'{"max_in_flight": 4}\'')
     ap.add_argument("--no-plain", action="store_true", help="skip the plain single-process server rows")
     ap.add_argument("--autoscale", action="store_true", help="also run the ramp and plot replicas per stage")
     ap.add_argument("--ramp-peak", type=int, default=24)
@@ -590,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                 plains = {label: PlainServer(model, providers, args.intra_op_threads) for label, model, _ in workloads}
             cluster = ServedCluster({label: model for label, model, _ in workloads}, providers,
                                     args.intra_op_threads, args.user_config, num_cpus=max(4, os.cpu_count() or 1),
-                                    stages=args.stages)
+                                    stages=args.stages, app_args=args.app_args)
             cluster.deploy(autoscaling=False)
         for label, model, image in workloads:
             data = image.read_bytes()
@@ -632,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": {label: f"{m.name} on {i.name}" for label, m, i in workloads},
             "providers": providers, "intra_op_threads": args.intra_op_threads, "stages": args.stages,
             "duration_s": args.duration, "rounds": args.rounds, "client": args.client, "device": args.device,
-            "env": args.env,
+            "env": args.env, "app_args": args.app_args,
             "inference_user_config": {**shipped_batching(args.stages), **args.user_config}}
     report = markdown(meta, table, checks, autoscale)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": table, "checks": checks,

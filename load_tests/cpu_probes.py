@@ -4,6 +4,7 @@
     .venv/bin/python -m load_tests.cpu_probes gaps                        # back to back vs with pauses
     .venv/bin/python -m load_tests.cpu_probes clients                     # wrk's vs locust's CPU per request
     .venv/bin/python -m load_tests.cpu_probes idle [--seconds 30]         # make up's Ray processes, idle
+    .venv/bin/python -m load_tests.cpu_probes threads [--concurrency 1]   # served: CPU per request by thread
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +27,18 @@ from deployments.onnx_backend import BackendSettings, OnnxModel, sample_images
 from deployments.postprocess import postprocess
 from deployments.postprocessing import yolo_candidates
 from deployments.preprocessing import prepare_image
-from load_tests.bench import FAST_IMAGE, FAST_MODEL, PROJECT_ROOT, PlainServer, machine, run_load
+from load_tests.bench import (
+    FAST_IMAGE,
+    FAST_MODEL,
+    PROJECT_ROOT,
+    PlainServer,
+    ServedCluster,
+    cpu_seconds,
+    machine,
+    process_kind,
+    run_load,
+)
+from serve.platform import RAY_TUNING_ENV
 
 
 def ort_threads(model: Path, runs: int = 200) -> None:
@@ -93,6 +107,70 @@ def idle(seconds: float) -> None:
         print(f"  {name:<40} {cpu * 1000 / seconds:.1f}")
 
 
+def _thread_cpu_s(pid: int) -> dict[int, float]:
+    """Thread id -> CPU seconds so far (user + system) of each thread of `pid`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name, from py-spy (Ray names every OS thread of a worker alike;
+    threads without Python frames, ORT's pool and Ray's C++ threads, are not listed)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    out = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    names = {}
+    for match in re.finditer(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:[^)]*)\): "([^"]*)"', out, re.M):
+        tid = match.group(1)
+        names[int(tid, 16) if tid.startswith("0x") else int(tid)] = match.group(2)
+    return names
+
+
+def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_config: dict) -> None:
+    """The served fast model (serve/config.yaml's app, one replica), closed-loop load: CPU per
+    request of each thread of the ingress replica, and of every other process of the cluster."""
+    os.environ.update(RAY_TUNING_ENV)  # as make up and the bench run Ray
+    cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, user_config, num_cpus=4,
+                            stages="in_process", app_args=app_args)
+    try:
+        cluster.deploy(autoscaling=False)
+        out = Path(tempfile.mkdtemp(prefix="vrprobe"))
+        run_load(client, cluster.url, "fast", concurrency, 5, FAST_IMAGE, out / "warmup")
+        procs = cluster.processes()
+        ingress = next(p for p in procs if process_kind(p) == "Pipeline")
+        before, threads0, machine0 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
+        load = run_load(client, cluster.url, "fast", concurrency, seconds, FAST_IMAGE, out / "load")
+        after, threads1, machine1 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
+        names = _thread_names(ingress.pid)
+    finally:
+        cluster.shutdown()
+    n = max(load.requests, 1)
+    per_process: dict[str, float] = {}
+    for pid, (kind, cpu) in after.items():
+        per_process[kind] = per_process.get(kind, 0.0) + (cpu - before.get(pid, (kind, 0.0))[1]) * 1000 / n
+    print(f"served fast model, concurrency {concurrency}, {client}: {load.rps:.1f} req/s, p50 {load.p50_ms:.1f} ms, "
+          f"{sum(per_process.values()):.2f} ms of CPU per request; the machine's cores "
+          f"{(machine1.idle - machine0.idle) / (sum(machine1) - sum(machine0)):.0%} idle")
+    print("  by process:", ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_process.items(), key=lambda kv: -kv[1])
+                                     if v >= 0.05))
+    print("  ingress replica by thread (Python threads by name, numbered pools as one row):")
+    spent: dict[str, float] = {}
+    for tid, cpu in threads1.items():
+        name = names.get(tid, "no Python frames (Ray's C++ threads, ORT's pool)")
+        name = re.sub(r"_\d+$", "_*", name)
+        spent[name] = spent.get(name, 0.0) + (cpu - threads0.get(tid, 0.0)) * 1000 / n
+    for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]):
+        if ms >= 0.02:
+            print(f"    {name:<48} {ms:.2f}")
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -102,13 +180,19 @@ def _pgid(pid: int) -> int | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle"])
+    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads"])
     ap.add_argument("--model", type=Path, default=FAST_MODEL)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--client", choices=["wrk", "locust"], default="wrk")
+    ap.add_argument("--app-args", type=json.loads, default={}, help="threads: application args overrides")
+    ap.add_argument("--user-config", type=json.loads, default={}, help="threads: inference batching overrides")
     args = ap.parse_args()
     print(machine())
     {"ort-threads": lambda: ort_threads(args.model), "gaps": gaps, "clients": clients,
-     "idle": lambda: idle(args.seconds)}[args.probe]()
+     "idle": lambda: idle(args.seconds),
+     "threads": lambda: threads(args.concurrency, args.seconds, args.client, args.app_args,
+                                        args.user_config)}[args.probe]()
     return 0
 
 
