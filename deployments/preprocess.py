@@ -31,7 +31,7 @@ from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.onnx_backend import cores_available
 from deployments.placement import node_id, node_info
 from deployments.preprocessing import prepare_image
-from deployments.stage_links import InProcessStages, RemoteStages, StageTimeout
+from deployments.stage_links import InProcessStages, RemoteStages, StageUnavailable
 from model_registry.source import ResolvedModel
 from serve.autoscaling import OWN_HTTP_ONGOING
 from serve.http_api import (
@@ -140,7 +140,7 @@ class Preprocess:
                 ApiError(503, "overloaded", "the pipeline is at capacity; retry shortly",
                          {"Retry-After": RETRY_AFTER_S}), rid)
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException,
-                StageTimeout) as exc:
+                StageUnavailable) as exc:
             # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
             # arrive as RayTaskError): predict is idempotent, the client may retry.
             log.warning("request %s: a stage is unavailable: %s", rid, one_line(exc))
@@ -211,6 +211,7 @@ class Preprocess:
         reservation = None
         try:
             # Before reading: a request that will be refused should cost nothing.
+            self.stages.check()
             self.grouper.check(resolved.key, budget_s)
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             data = image_bytes(request.headers.get("content-type"), body)

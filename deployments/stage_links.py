@@ -16,21 +16,39 @@ Both links answer the same four calls, so the ingress does not know which it has
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RayServeException,
+    RequestCancelledError,
+)
 from ray.serve.handle import DeploymentHandle
 
+from deployments.alias_watcher import one_line
 from deployments.inference import InferenceStage
 from deployments.placement import local_first
 from deployments.postprocess import PostprocessStage
+
+log = logging.getLogger("ray.serve")
 
 # How long past a group's latest deadline its downstream call may run before it is abandoned.
 # Deadlines are wall-clock (time.time()): they are compared in other processes and on other nodes.
 STAGE_SLACK_S = 1.0
 STAGE_STATUS_TIMEOUT_S = 0.8
+# While a stage is known to be down, how often it is asked whether it is back.
+STAGE_PROBE_INTERVAL_S = 0.5
 
 
-class StageTimeout(RuntimeError):
+class StageUnavailable(RuntimeError):
+    """A downstream stage cannot answer now: a call to it failed or timed out, and no status
+    call has answered since. Predict is idempotent: the client may retry (503 + Retry-After)."""
+
+
+class StageTimeout(StageUnavailable):
     """A downstream stage did not answer in time (no live replica, or stuck)."""
 
 
@@ -40,6 +58,33 @@ class RemoteStages:
     def __init__(self, inference: DeploymentHandle, postprocess: DeploymentHandle):
         # Local first: an image stays on the node that decoded it (edge: on its Jetson).
         self.handles = {"inference": local_first(inference), "postprocess": local_first(postprocess)}
+        # Why the stages count as down (None: up). Set by a failed or timed-out call, cleared by
+        # the first status round that both stages answer (_probe_until_up).
+        self.down: str | None = None
+        self._probe: asyncio.Task | None = None
+
+    def check(self) -> None:
+        """Fail fast while a stage is known to be down: a request would otherwise wait its whole
+        budget for a replica that Serve has not replaced yet (Serve queues calls meanwhile)."""
+        if self.down is not None:
+            raise StageUnavailable(f"{self.down} (checking again every {STAGE_PROBE_INTERVAL_S:g} s)")
+
+    def _mark_down(self, why: str) -> None:
+        if self.down is None:
+            log.warning("a pipeline stage is down: %s; failing fast until it answers again", why)
+            self.down = why
+            self._probe = asyncio.create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while True:
+            await asyncio.sleep(STAGE_PROBE_INTERVAL_S)
+            try:
+                await asyncio.gather(*(self.status(stage) for stage in self.handles))
+            except Exception:  # noqa: BLE001 - still down, whatever the reason
+                continue
+            log.warning("the pipeline stages answer again (were down: %s)", self.down)
+            self.down = None
+            return
 
     async def load(self, key: str) -> None:
         await asyncio.gather(*(h.load.remote(key) for h in self.handles.values()))
@@ -53,14 +98,23 @@ class RemoteStages:
         group's latest deadline (+ slack): a stage with no live replica would otherwise hold
         these requests until Serve's request timeout.
         """
+        self.check()
         inferred = self.handles["inference"].remote(key, images, confs, deadlines)
         timeout_s = max(deadlines) - time.time() + STAGE_SLACK_S
         try:
             return await asyncio.wait_for(self.handles["postprocess"].remote(key, inferred, metas, params),
                                           timeout_s)
         except asyncio.TimeoutError:
-            raise StageTimeout(f"inference + postprocess of {key} did not answer within the "
-                               f"request's budget (+{STAGE_SLACK_S:.0f} s)") from None
+            why = (f"inference + postprocess of {key} did not answer within the request's budget "
+                   f"(+{STAGE_SLACK_S:.0f} s)")
+            self._mark_down(why)
+            raise StageTimeout(why) from None
+        except (BackPressureError, RequestCancelledError):
+            raise  # busy (the ingress answers 503 overloaded) or cancelled: not down
+        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException) as exc:
+            # A replica died under this call; Serve starts another, which needs its load time.
+            self._mark_down(one_line(exc))
+            raise
 
     async def status(self, stage: str) -> dict:
         """A stage replica's status, or an exception within STAGE_STATUS_TIMEOUT_S (a dead stage
@@ -88,6 +142,9 @@ class InProcessStages:
 
     async def status(self, stage: str) -> dict:
         return self.inference.status() if stage == "inference" else self.postprocess.status()
+
+    def check(self) -> None:
+        """In process: no other replica to lose."""
 
     def reconfigure(self, user_config: dict | None) -> None:
         self.inference.reconfigure(user_config)

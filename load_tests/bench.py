@@ -165,7 +165,7 @@ class ServedCluster:
     """An isolated Ray cluster running the shipped application with the benchmark's models."""
 
     def __init__(self, models: dict[str, Path], providers: list, intra_op_threads: int, user_config: dict,
-                 num_cpus: int, stages: str, app_args: dict | None = None):
+                 num_cpus: int, stages: str, app_args: dict | None = None, ingress_replicas: int = 1):
         import ray
         from ray import serve
 
@@ -181,6 +181,7 @@ class ServedCluster:
         self.user_config = user_config
         self.stages = stages
         self.app_args = app_args or {}
+        self.ingress_replicas = ingress_replicas
 
     def deploy(self, autoscaling: bool) -> None:
         models = [{"name": name, "path": str(path)} for name, path in self.models.items()]
@@ -188,6 +189,7 @@ class ServedCluster:
                          **{"backend": self.backend, **self.app_args})
         batching = next(d for d in app["deployments"] if d["name"] in ("Inference", "Pipeline"))
         batching["user_config"] = {**batching.get("user_config", {}), **self.user_config}
+        app["deployments"][0]["num_replicas"] = self.ingress_replicas  # the ingress: Pipeline or Preprocess
         if autoscaling:  # app_config pins one replica each; put the shipped autoscaling back
             shipped = {d["name"]: d for d in shipped_deployments(self.stages)}
             for d in app["deployments"]:

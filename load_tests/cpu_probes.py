@@ -5,6 +5,7 @@
     .venv/bin/python -m load_tests.cpu_probes clients                     # wrk's vs locust's CPU per request
     .venv/bin/python -m load_tests.cpu_probes idle [--seconds 30]         # make up's Ray processes, idle
     .venv/bin/python -m load_tests.cpu_probes threads [--concurrency 1]   # served: CPU per request by thread
+    .venv/bin/python -m load_tests.cpu_probes ab --a '{...}' --b '{...}'  # two batching configs, paired
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,18 +135,19 @@ def _thread_names(pid: int) -> dict[int, str]:
     return names
 
 
-def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_config: dict) -> None:
+def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_config: dict,
+            replicas: int = 1) -> None:
     """The served fast model (serve/config.yaml's app, one replica), closed-loop load: CPU per
     request of each thread of the ingress replica, and of every other process of the cluster."""
     os.environ.update(RAY_TUNING_ENV)  # as make up and the bench run Ray
     cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, user_config, num_cpus=4,
-                            stages="in_process", app_args=app_args)
+                            stages="in_process", app_args=app_args, ingress_replicas=replicas)
     try:
         cluster.deploy(autoscaling=False)
         out = Path(tempfile.mkdtemp(prefix="vrprobe"))
         run_load(client, cluster.url, "fast", concurrency, 5, FAST_IMAGE, out / "warmup")
         procs = cluster.processes()
-        ingress = next(p for p in procs if process_kind(p) == "Pipeline")
+        ingress = max((p for p in procs if process_kind(p) == "Pipeline"), key=lambda p: sum(p.cpu_times()[:2]))
         before, threads0, machine0 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
         load = run_load(client, cluster.url, "fast", concurrency, seconds, FAST_IMAGE, out / "load")
         after, threads1, machine1 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
@@ -171,6 +174,39 @@ def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_
             print(f"    {name:<48} {ms:.2f}")
 
 
+def ab(a: dict, b: dict, concurrency: int, pairs: int, seconds: float) -> None:
+    """Two inference user_configs (e.g. max_concurrent_batches 2 vs 3) on one served cluster, in
+    turns (A B, B A, ...): this VM's speed drifts more between runs than such settings move, so
+    only paired runs a few seconds apart compare. Reconfigured live (user_config), no restart."""
+    os.environ.update(RAY_TUNING_ENV)
+    cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, a, num_cpus=4, stages="in_process")
+    out = Path(tempfile.mkdtemp(prefix="vrprobe"))
+    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    try:
+        cluster.deploy(autoscaling=False)
+        procs = cluster.processes()
+        for i in range(pairs):
+            for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                cluster.user_config = a if side == "A" else b
+                cluster.deploy(autoscaling=False)
+                run_load("wrk", cluster.url, "fast", concurrency, 2, FAST_IMAGE, out / "warmup")
+                before = cpu_seconds(procs)
+                load = run_load("wrk", cluster.url, "fast", concurrency, seconds, FAST_IMAGE, out / "load")
+                after = cpu_seconds(procs)
+                cpu = sum(t - before.get(pid, ("", 0.0))[1] for pid, (_, t) in after.items())
+                runs[side].append((load.rps, cpu * 1000 / max(load.requests, 1)))
+    finally:
+        cluster.shutdown()
+    for side, config in (("A", a), ("B", b)):
+        rows = runs[side]
+        print(f"{side} {json.dumps(config)}: req/s {[round(r) for r, _ in rows]}, median "
+              f"{statistics.median(r for r, _ in rows):.1f}; CPU ms/req median "
+              f"{statistics.median(c for _, c in rows):.2f}")
+    ratios = [(rb / ra, cb / ca) for (ra, ca), (rb, cb) in zip(runs["A"], runs["B"])]
+    print(f"B / A per pair, concurrency {concurrency}: req/s median {statistics.median(r for r, _ in ratios):.3f}, "
+          f"CPU per request median {statistics.median(c for _, c in ratios):.3f}")
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -180,19 +216,24 @@ def _pgid(pid: int) -> int | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads"])
+    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab"])
     ap.add_argument("--model", type=Path, default=FAST_MODEL)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--client", choices=["wrk", "locust"], default="wrk")
     ap.add_argument("--app-args", type=json.loads, default={}, help="threads: application args overrides")
     ap.add_argument("--user-config", type=json.loads, default={}, help="threads: inference batching overrides")
+    ap.add_argument("--replicas", type=int, default=1, help="threads: Pipeline replicas")
+    ap.add_argument("--a", type=json.loads, default={}, help="ab: user_config A")
+    ap.add_argument("--b", type=json.loads, default={}, help="ab: user_config B")
+    ap.add_argument("--pairs", type=int, default=6, help="ab: pairs of runs")
     args = ap.parse_args()
     print(machine())
     {"ort-threads": lambda: ort_threads(args.model), "gaps": gaps, "clients": clients,
      "idle": lambda: idle(args.seconds),
      "threads": lambda: threads(args.concurrency, args.seconds, args.client, args.app_args,
-                                        args.user_config)}[args.probe]()
+                                        args.user_config, args.replicas),
+     "ab": lambda: ab(args.a, args.b, args.concurrency, args.pairs, args.seconds)}[args.probe]()
     return 0
 
 

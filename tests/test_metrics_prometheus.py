@@ -114,3 +114,35 @@ def test_prometheus_sees_requests_by_code_stage_latencies_and_the_version_in_ser
     serving = query(prometheus, f'ray_visionray_model_serving{{model="{MODEL}"}} == 1')
     assert [(r["metric"]["version"], r["metric"]["alias"]) for r in serving] == [(version, "production")], serving
     assert value(prometheus, "max(ray_visionray_registry_seconds_since_success)") is not None
+
+
+def test_every_dashboard_query_runs_in_prometheus_and_the_traffic_panels_show_this_model(prometheus, metrics_api):
+    """The Grafana dashboard (docs/grafana-dashboard.json, the file an operator imports): each
+    panel's PromQL is accepted by a real Prometheus, and after traffic the panels of requests,
+    latency, batch size and version in service have a series for the model (rates over 1m)."""
+    import json
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    data = SAMPLE.read_bytes()
+    for _ in range(5):
+        assert requests.post(f"{metrics_api}/v1/models/{MODEL}/predict", data=data,
+                             headers={"content-type": "image/jpeg"}, timeout=30).status_code == 200
+    must_show = {"Requests/s by model and status", "Latency p50 / p99 by model (ms)",
+                 "Images per model run (batch size, mean)", "Version in service (1 = serving)"}
+    shown_by = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            r = requests.get(f"{prometheus}/api/v1/query", params={"query": target["expr"]}, timeout=10)
+            assert r.status_code == 200 and r.json()["status"] == "success", (panel["title"], target["expr"], r.text)
+        if panel["title"] in must_show:
+            shown_by[panel["title"]] = panel["targets"][0]["expr"]
+    assert set(shown_by) == must_show, set(shown_by) ^ must_show
+    deadline = time.monotonic() + 90
+    missing = dict(shown_by)
+    while missing and time.monotonic() < deadline:
+        for title, expr in list(missing.items()):
+            if any(r["metric"].get("model") == MODEL for r in query(prometheus, expr)):
+                del missing[title]
+        time.sleep(1)
+    assert not missing, f"panels without a series for {MODEL}: {sorted(missing)}"
