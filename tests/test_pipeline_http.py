@@ -298,16 +298,14 @@ def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
 
 
 def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api):
-    """Issue 12, finding 3 (in part): far past capacity, every answer is a 200 or a JSON 503
-    `overloaded` with Retry-After, and none waits for Serve's 30 s timeout (before admission:
-    p50 8.5 s, then 408s). Not asserted, because not met on 2 cores: admitted answers within the
-    budget and refusals under 100 ms -- Serve's own per-request cost (~8-10 ms CPU per hop,
-    docs/benchmarks/floor.md) saturates the CPU ahead of the ingress's admission (measured with
-    20 clients and a 0.5 s budget: admitted p99 1.4-1.8 s, refusals median 0.25 s). Session 4, this
-    app on the ingress's own port (stages still as deployments): admitted p50 0.43 s / p99 0.99 s,
-    refusals p50 0.15 s / p99 0.24 s; the 20 client threads share the 2 cores. Session 5 (admission
-    reserves a place while decoding): 18 x 200 p50 0.43 s / p99 1.08 s, 2,007 refusals p50 0.05 s /
-    p99 0.13 s."""
+    """Issue 12, finding 3: far past capacity, every answer is a 200 or a JSON 503 `overloaded`
+    with Retry-After, at once, and none waits for Serve's 30 s timeout (before admission: p50
+    8.5 s, then 408s). 20 Python client threads on the same 2 cores as the server, 0.5 s budget,
+    ~10x capacity. Session 6 (2-core AMD EPYC, 2026-12-01): 57 x 200 p50 0.34 s / p99 0.55 s,
+    3,544 refusals p50 27 ms / p99 63 ms. Session 5 on a ~3x slower VM: 18 x 200 p50 0.43 s /
+    p99 1.08 s, refusals p50 52 ms / p99 128 ms. Asserted with room for such a VM: refusals p50
+    under 100 ms and p99 under 300 ms, admitted p99 under twice the budget (before reservations,
+    refusals took 0.15-0.25 s at the median)."""
     budget_ms, clients, seconds = 500, 20, 6
     data = BUS_JPG.read_bytes()
     predict(api, "yolo", data)  # the ingress has measured the model
@@ -332,6 +330,8 @@ def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api
     assert all(code in ("overloaded", "deadline_exceeded") and retry and int(retry) >= 1 for _, retry, code in shed)
     assert max(t for _, t, *_ in results) < 5.0
     refusals = sorted(t for t, _, code in shed if code == "overloaded")
+    assert refusals and refusals[len(refusals) // 2] < 0.1 and refusals[int(len(refusals) * 0.99)] < 0.3, refusals
+    assert ok[int(len(ok) * 0.99)] < 2 * budget_ms / 1000, ok
     print(f"\n{len(results)} answers: {len(ok)} x 200 (p50 {ok[len(ok) // 2]:.3f}s, p99 "
           f"{ok[int(len(ok) * 0.99)]:.3f}s), {len(refusals)} x 503 overloaded (p50 "
           f"{refusals[len(refusals) // 2] if refusals else 0:.3f}s, p99 "
