@@ -184,6 +184,34 @@ def test_hostile_images_are_refused_not_crashed(api):
     assert r.status_code in (200, 400)  # cv2 may recover a partial image; it must never 500
 
 
+def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_bounded(api):
+    """Issue 12, finding 6: 42 KB JPEGs declaring 20000x20000 behind three fill bytes (once decoded
+    at 2.9 GB each) and PNGs declaring 50000x50000, sent 40 at a time: each a JSON 400, and the
+    ingress replica's resident memory grows by less than 200 MB."""
+    jpeg = BUS_JPG.read_bytes()
+    sof = jpeg.index(b"\xff\xc0")
+    header = bytearray(jpeg[sof:sof + 9])
+    header[5:9] = (20_000).to_bytes(2, "big") + (20_000).to_bytes(2, "big")
+    jpeg_bomb = jpeg[:sof] + b"\xff\xff\xff" + bytes(header) + jpeg[sof + 9:]
+    png_bomb = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
+    png_bomb[16:24] = (50_000).to_bytes(4, "big") + (50_000).to_bytes(4, "big")
+    ingress = next(p for p in psutil.process_iter(["cmdline"])
+                   if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:pipeline:Preprocess"))
+    rss_before = ingress.memory_info().rss
+
+    def send(i: int) -> requests.Response:
+        body, kind = (jpeg_bomb, "image/jpeg") if i % 2 == 0 else (bytes(png_bomb), "image/png")
+        return predict(api, "yolo", body, kind)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(40)))
+    assert all(r.status_code == 400 and r.json()["error"]["code"] == "invalid_image" for r in answers), \
+        {(r.status_code, r.text[:200]) for r in answers}
+    grown_mb = (ingress.memory_info().rss - rss_before) / 2**20
+    assert grown_mb < 200, grown_mb
+    assert predict(api, "yolo", jpeg).status_code == 200
+
+
 def test_a_model_that_fails_to_load_does_not_take_down_the_others(api, ray_cluster):
     base = f"{ray_cluster}/partial"  # Serve's proxy
     r = requests.get(f"{base}/readyz", timeout=30)
