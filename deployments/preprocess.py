@@ -18,8 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +30,7 @@ from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.onnx_backend import cores_available
 from deployments.placement import node_id, node_info
 from deployments.preprocessing import prepare_image
-from deployments.stage_links import InProcessStages, RemoteStages, StageUnavailable
+from deployments.stage_links import STAGE_FAILURES, InProcessStages, RemoteStages, StageUnavailable
 from model_registry.source import ResolvedModel
 from serve.autoscaling import OWN_HTTP_ONGOING
 from serve.http_api import (
@@ -139,8 +138,7 @@ class Preprocess:
             response = error_response(
                 ApiError(503, "overloaded", "the pipeline is at capacity; retry shortly",
                          {"Retry-After": RETRY_AFTER_S}), rid)
-        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException,
-                StageUnavailable) as exc:
+        except (*STAGE_FAILURES, StageUnavailable) as exc:
             # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
             # arrive as RayTaskError): predict is idempotent, the client may retry.
             log.warning("request %s: a stage is unavailable: %s", rid, one_line(exc))
@@ -318,6 +316,10 @@ class Preprocess:
                 out[stage] = f"unavailable: {reason}"
             elif missing := sorted(keys - set(answer["models"])):
                 out[stage] = f"loading: {', '.join(missing)}"
+            elif self.stages.down is not None:
+                # It answers again, but predict still fails fast until the next probe round says so:
+                # readiness must not promise what predict refuses.
+                out[stage] = f"unavailable: recovering from {self.stages.down}"
             else:
                 out[stage] = "ready"
         return out

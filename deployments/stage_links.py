@@ -43,6 +43,11 @@ STAGE_STATUS_TIMEOUT_S = 0.8
 STAGE_PROBE_INTERVAL_S = 0.5
 
 
+# Serve's own failures of a call to another deployment: its replica died, is restarting or does not
+# exist. Errors in a stage's code arrive as RayTaskError instead, and are not these.
+STAGE_FAILURES = (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException)
+
+
 class StageUnavailable(RuntimeError):
     """A downstream stage cannot answer now: a call to it failed or timed out, and no status
     call has answered since. Predict is idempotent: the client may retry (503 + Retry-After)."""
@@ -61,7 +66,7 @@ class RemoteStages:
         # Why the stages count as down (None: up). Set by a failed or timed-out call, cleared by
         # the first status round that both stages answer (_probe_until_up).
         self.down: str | None = None
-        self._probe: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None  # held: the loop keeps only a weak reference to tasks
 
     def check(self) -> None:
         """Fail fast while a stage is known to be down: a request would otherwise wait its whole
@@ -111,7 +116,7 @@ class RemoteStages:
             raise StageTimeout(why) from None
         except (BackPressureError, RequestCancelledError):
             raise  # busy (the ingress answers 503 overloaded) or cancelled: not down
-        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError, RayServeException) as exc:
+        except STAGE_FAILURES as exc:
             # A replica died under this call; Serve starts another, which needs its load time.
             self._mark_down(one_line(exc))
             raise
@@ -127,6 +132,8 @@ class RemoteStages:
 
 class InProcessStages:
     """Inference and postprocess as objects in this process: a call is an await, no copy."""
+
+    down = None  # never known down: no other replica to lose (RemoteStages.down)
 
     def __init__(self, config: dict):
         self.inference = InferenceStage(config)
@@ -144,7 +151,7 @@ class InProcessStages:
         return self.inference.status() if stage == "inference" else self.postprocess.status()
 
     def check(self) -> None:
-        """In process: no other replica to lose."""
+        """In process: nothing to fail fast for."""
 
     def reconfigure(self, user_config: dict | None) -> None:
         self.inference.reconfigure(user_config)

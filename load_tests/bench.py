@@ -267,6 +267,15 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
     return out
 
 
+def cpu_ms_per_request_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                               requests: int) -> dict[str, float]:
+    """CPU ms per request by process kind, between two `cpu_seconds` readings."""
+    out: dict[str, float] = {}
+    for pid, (kind, seconds) in after.items():
+        out[kind] = out.get(kind, 0.0) + (seconds - before.get(pid, (kind, 0.0))[1]) * 1000 / max(requests, 1)
+    return out
+
+
 def process_kind(p: psutil.Process) -> str:
     """`ray::ServeReplica:visionray:Inference` -> `Inference`; `.../raylet` -> `raylet`; scripts by name."""
     argv = safe_cmdline(p) or [p.name()]
@@ -359,10 +368,7 @@ def served(label: str, setup: str, server: ServedCluster | PlainServer, image: P
     load = run_load(client, server.url, label, concurrency, duration_s, image, out_dir / name)
     after = cpu_seconds(procs)
     n = max(load.requests, 1)
-    by_kind: dict[str, float] = {}
-    for pid, (kind, seconds) in after.items():
-        spent = seconds - before.get(pid, (kind, 0.0))[1]
-        by_kind[kind] = by_kind.get(kind, 0.0) + spent * 1000 / n
+    by_kind = cpu_ms_per_request_by_kind(before, after, n)
     cpu_breakdown = {k: round(v, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]) if v >= 0.05}
     return Row(label, setup, concurrency, n, load.rps, load.p50_ms, load.p95_ms, load.p99_ms, load.failures,
                sum(by_kind.values()), cpu_breakdown, load.client_cpu_ms)

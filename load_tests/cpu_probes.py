@@ -35,6 +35,7 @@ from load_tests.bench import (
     PROJECT_ROOT,
     PlainServer,
     ServedCluster,
+    cpu_ms_per_request_by_kind,
     cpu_seconds,
     machine,
     process_kind,
@@ -137,8 +138,8 @@ def _thread_names(pid: int) -> dict[int, str]:
 
 def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_config: dict,
             replicas: int = 1) -> None:
-    """The served fast model (serve/config.yaml's app, one replica), closed-loop load: CPU per
-    request of each thread of the ingress replica, and of every other process of the cluster."""
+    """The served fast model (serve/config.yaml's app, `replicas` Pipeline replicas), closed-loop
+    load: CPU per request of each thread of the busiest ingress replica, and of every process."""
     os.environ.update(RAY_TUNING_ENV)  # as make up and the bench run Ray
     cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, user_config, num_cpus=4,
                             stages="in_process", app_args=app_args, ingress_replicas=replicas)
@@ -155,9 +156,7 @@ def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_
     finally:
         cluster.shutdown()
     n = max(load.requests, 1)
-    per_process: dict[str, float] = {}
-    for pid, (kind, cpu) in after.items():
-        per_process[kind] = per_process.get(kind, 0.0) + (cpu - before.get(pid, (kind, 0.0))[1]) * 1000 / n
+    per_process = cpu_ms_per_request_by_kind(before, after, n)
     print(f"served fast model, concurrency {concurrency}, {client}: {load.rps:.1f} req/s, p50 {load.p50_ms:.1f} ms, "
           f"{sum(per_process.values()):.2f} ms of CPU per request; the machine's cores "
           f"{(machine1.idle - machine0.idle) / (sum(machine1) - sum(machine0)):.0%} idle")
@@ -193,8 +192,7 @@ def ab(a: dict, b: dict, concurrency: int, pairs: int, seconds: float) -> None:
                 before = cpu_seconds(procs)
                 load = run_load("wrk", cluster.url, "fast", concurrency, seconds, FAST_IMAGE, out / "load")
                 after = cpu_seconds(procs)
-                cpu = sum(t - before.get(pid, ("", 0.0))[1] for pid, (_, t) in after.items())
-                runs[side].append((load.rps, cpu * 1000 / max(load.requests, 1)))
+                runs[side].append((load.rps, sum(cpu_ms_per_request_by_kind(before, after, load.requests).values())))
     finally:
         cluster.shutdown()
     for side, config in (("A", a), ("B", b)):
