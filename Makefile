@@ -62,3 +62,11 @@ lock:
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS)
 	rm -rf $(LOCK_VENV)
 	@echo "wrote $(CONSTRAINTS); run make test before committing it"
+
+# The gRPC modules from serve/protocols/inference.proto (generated code is committed: serving
+# needs no grpcio-tools). Run after editing the .proto.
+.PHONY: proto
+proto: $(STAMP)
+	@$(BIN)/python -c 'import grpc_tools' 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[cpu,test,proto]" $(PIN)
+	$(BIN)/python -m grpc_tools.protoc -Iserve/protocols=serve/protocols --python_out=. --grpc_python_out=. \
+		serve/protocols/inference.proto

@@ -11,9 +11,9 @@ from deployments.model_spec import spec_from_onnx
 from deployments.onnx_backend import BackendSettings, OnnxModel
 from deployments.postprocess import postprocess
 from deployments.postprocessing import yolo_candidates
+from deployments.predict_params import PredictParams
 from deployments.preprocessing import prepare_image
 from model_registry.source import ResolvedModel
-from serve.http_api import PredictParams
 
 
 class LocalPipeline:

@@ -10,9 +10,9 @@ from ray import serve
 from deployments.model_versions import LoadedVersions
 from deployments.placement import node_id, node_info
 from deployments.postprocessing import detections, softmax, top_k
+from deployments.predict_params import PredictParams
 from deployments.preprocessing import ImageMeta
 from model_registry.source import ResolvedModel
-from serve.http_api import PredictParams
 from serve.settings import PipelineConfig, make_source
 
 

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serve.http_api import ApiError, error_response, new_request_id
+from deployments.errors import DataPlaneError
+from serve.http_api import error_response, new_request_id
 
 log = logging.getLogger("ray.serve")
 
@@ -99,7 +100,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _write_error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
         """The API's JSON error, written straight to the socket, and the connection closed."""
         rid = new_request_id()
-        response = error_response(ApiError(status, code, message, headers), rid)
+        response = error_response(DataPlaneError(status, code, message, headers), rid)
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
                 b"x-request-id: " + rid.encode() + b"\r\n"]
         head += [name + b": " + value + b"\r\n" for name, value in response.raw_headers]

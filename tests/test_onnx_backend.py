@@ -8,9 +8,9 @@ from deployments.model_spec import spec_from_onnx
 from deployments.onnx_backend import BackendSettings, OnnxModel, make_batch_dynamic, resolve_providers, sample_images
 from deployments.postprocess import postprocess
 from deployments.postprocessing import yolo_candidates
+from deployments.predict_params import PredictParams
 from deployments.preprocessing import prepare_image
 from model_registry.source import ResolvedModel
-from serve.http_api import PredictParams
 from tests.models import (
     BUS_JPG,
     YOLO_DYNAMIC,

@@ -1,0 +1,325 @@
+"""The data plane: what every protocol asks of the ingress, with no protocol in it.
+
+    admit(resolved, n, budget)        -> refuse now, before a body is read, or go on
+    predict(resolved, images, params, budget, record) -> one result per image, in order
+    serving / serving_version / names / describe / readiness / model_detail
+
+The /v1 HTTP API (serve/protocols/v1_http.py), the Open Inference Protocol over REST
+(oip_rest.py) and gRPC (oip_grpc.py), and camera streams (streams.py) only parse and encode
+around these calls, so admission, deadlines, the stages and the metrics are one code path
+whatever the way in. Errors are DataPlaneError (deployments/errors.py); each protocol maps them.
+MLServer's `handlers/dataplane.py` under its `rest/` and `grpc/` is the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from ray.serve.exceptions import BackPressureError
+
+from deployments.alias_watcher import AliasWatcher, one_line
+from deployments.call_grouping import CallGrouper, Overloaded
+from deployments.errors import RETRY_AFTER_S, DataPlaneError, overloaded, shown
+from deployments.image_codec import ImageDecodeError, decode_image, to_bgr8
+from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
+from deployments.placement import node_id, node_info
+from deployments.predict_params import PredictParams
+from deployments.preprocessing import prepare_image
+from deployments.stage_links import STAGE_FAILURES, StageUnavailable
+from model_registry.source import ResolvedModel
+
+log = logging.getLogger("ray.serve")
+# A child of Serve's logger: its lines go where Serve writes the replica's log.
+request_log = logging.getLogger("ray.serve.visionray.requests")
+
+# An image as a protocol hands it over: encoded bytes (JPEG/PNG), or decoded pixels, HxWx3 uint8
+# RGB (OIP's raw UINT8 input, for clients that decode themselves).
+ImageInput = bytes | np.ndarray
+
+
+@dataclass
+class RequestRecord:
+    """What one request's metrics and log line are labelled with; filled in as it goes."""
+
+    model: str = UNKNOWN_MODEL
+    version: str = ""
+    alias: str = ""
+    images: int = 0
+    timings: dict | None = None
+    resolved: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class DataPlane:
+    def __init__(self, cfg, stages, watcher: AliasWatcher, decode_workers: int):
+        self.cfg = cfg
+        self.stages = stages
+        self.watcher = watcher
+        self.serving_alias = cfg.registry.serving_alias
+        self.aliases = cfg.registry.aliases
+        self.grouper = CallGrouper(self._send_group, cfg.max_group, cfg.max_in_flight,
+                                   on_abandoned=self._count_abandoned)
+        # Decoding is CPU work: more threads than cores only add switches and GIL hand-offs.
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+
+    # -- predict --------------------------------------------------------------------------
+    def admit(self, resolved: ResolvedModel, budget_s: float) -> None:
+        """Refuse now what would be refused later: called before the body is read, so that a
+        refusal costs nothing (issue 12)."""
+        try:
+            self.stages.check()
+            self.grouper.check(resolved.key, budget_s)
+        except Overloaded as exc:
+            raise self._overloaded(resolved, budget_s, exc) from None
+        except StageUnavailable as exc:
+            raise _stage_unavailable(exc) from None
+
+    async def predict(self, resolved: ResolvedModel, images: list[ImageInput], params: PredictParams,
+                      budget_s: float, record: RequestRecord, t0: float | None = None) -> list[dict]:
+        """One result dict per image, in order (the /v1 answer's fields per image). The N images
+        are admitted together and go downstream together: one trip through the pipeline."""
+        t0 = time.perf_counter() if t0 is None else t0
+        key, spec = resolved.key, resolved.spec
+        reservations = []
+        try:
+            # Before decoding, holding places: requests decoding count as queued, so a burst is not
+            # all decoded only to be refused when queued. Not while the body arrives: slow clients
+            # would hold places and refuse everyone else.
+            for _ in images:
+                reservations.append(self.grouper.admit(key, budget_s - (time.perf_counter() - t0)))
+            loop = asyncio.get_running_loop()
+            # cv2 releases the GIL: decoding off the event loop lets requests overlap.
+            prepared = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, self._prepare, image, resolved)
+                                              for image in images))
+            pre_ms = (time.perf_counter() - t0) * 1000
+            conf_floor = params.conf if spec.task == "detect" else 0.0
+            remaining_s = budget_s - pre_ms / 1000
+            # Wall-clock: the deadline is compared in other processes, maybe on other nodes.
+            deadline = time.time() + remaining_s
+            results = await asyncio.gather(*(
+                self.grouper.submit(key, (image, conf_floor, meta, params, deadline), remaining_s, reservation)
+                for (image, meta), reservation in zip(prepared, reservations)))
+        except Overloaded as exc:
+            raise self._overloaded(resolved, budget_s, exc) from None
+        except BackPressureError:
+            raise overloaded("the pipeline is at capacity; retry shortly") from None
+        except (*STAGE_FAILURES, StageUnavailable) as exc:
+            # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
+            # arrive as RayTaskError): predict is idempotent, the client may retry.
+            log.warning("a stage is unavailable: %s", one_line(exc))
+            raise _stage_unavailable(exc) from None
+        finally:
+            for reservation in reservations:
+                reservation.release()  # a bad body, a decode error, a client gone: its place is free
+
+        if any(result.get("expired") for result in results):
+            # Inference dropped it unrun: its deadline passed while it waited for the model.
+            raise DataPlaneError(503, "deadline_exceeded", f"model {shown(resolved.name)} could not start "
+                                 f"within the {budget_s * 1000:.0f} ms budget; retry later",
+                                 {"Retry-After": RETRY_AFTER_S})
+        total_ms = round((time.perf_counter() - t0) * 1000, 2)
+        out = []
+        for (_, meta), result in zip(prepared, results):
+            timings = {"preprocess_ms": round(pre_ms, 2), **result.pop("timings_ms"), "total_ms": total_ms}
+            out.append({"image": {"width": meta.width, "height": meta.height}, **result,
+                        "served_by": {"preprocess": node_id(), **result.pop("served_by")},
+                        "timings_ms": timings})
+        record.images, record.timings = len(images), out[0]["timings_ms"]
+        return out
+
+    def record(self, record: RequestRecord, rid: str, status: int, total_ms: float) -> None:
+        """Metrics (and, if configured, the log line) of one predict request, whatever its protocol."""
+        METRICS.predict_answered(record.model, record.version, record.alias, status, total_ms,
+                                 record.images, record.timings)
+        if self.cfg.request_log:
+            seen = {"model": record.model, "version": record.version, "alias": record.alias,
+                    "timings": record.timings} if record.resolved else None
+            request_log.info(request_log_line(rid, seen, status, total_ms))
+
+    def _overloaded(self, resolved: ResolvedModel, budget_s: float, exc: Overloaded) -> DataPlaneError:
+        METRICS.inc("shed", model=resolved.name, version=resolved.version)
+        return overloaded(f"model {shown(resolved.name)} cannot answer within the {budget_s * 1000:.0f} ms "
+                          f"budget now ({exc}); retry later", str(max(1, math.ceil(exc.retry_after_s))))
+
+    async def _send_group(self, key: str, items: list) -> list[dict]:
+        images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
+        return await self.stages.run(key, images, confs, metas, params, deadlines)
+
+    @staticmethod
+    def _count_abandoned(key: str, count: int) -> None:
+        METRICS.inc("abandoned", count, model=key.rpartition(":")[0])
+
+    def _prepare(self, image: ImageInput, resolved: ResolvedModel):
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise DataPlaneError(400, "invalid_image", f"pixels must be HxWx3 uint8, got {image.dtype} "
+                                     f"{list(image.shape)}")
+            if image.shape[0] * image.shape[1] > self.cfg.max_image_pixels:
+                raise DataPlaneError(400, "invalid_image", f"image is {image.shape[1]}x{image.shape[0]}; the "
+                                     f"limit is {self.cfg.max_image_pixels} pixels")
+            img = to_bgr8(np.ascontiguousarray(image[:, :, ::-1]))
+        else:
+            try:
+                img = decode_image(image, self.cfg.max_image_pixels)
+            except ImageDecodeError as exc:
+                status, code = (415, "unsupported_media_type") if exc.unsupported_type else (400, "invalid_image")
+                raise DataPlaneError(status, code, str(exc)) from None
+        return prepare_image(img, resolved.spec.preprocessing)
+
+    # -- which version serves ---------------------------------------------------------------
+    def serving(self, name: str, alias: str | None = None) -> ResolvedModel:
+        """The version `alias` (default: the serving alias) serves now; read once per request."""
+        alias = alias or self.serving_alias
+        if alias not in self.aliases:
+            raise DataPlaneError(404, "alias_not_served",
+                                 f"alias {shown(alias)} is not served; served aliases: {self.aliases}")
+        resolved = self.watcher.serving.get(alias, {}).get(name)
+        if resolved is not None:
+            return resolved
+        st = self.watcher.states.get((alias, name))
+        if st is None or (st.version is None and st.previous is not None and not st.error):
+            raise self.unknown(name, alias)
+        if st.error:
+            raise DataPlaneError(503, "model_unavailable",
+                                 f"model {name!r}@{alias} version {st.failed_version} cannot serve: {st.error}",
+                                 {"Retry-After": "30"})
+        raise DataPlaneError(503, "model_loading", f"model {name!r}@{alias} is loading", {"Retry-After": "5"})
+
+    def served_versions(self, name: str) -> dict[str, ResolvedModel]:
+        """version -> the ResolvedModel serving it, over every served alias."""
+        out = {}
+        for alias in self.aliases:
+            resolved = self.watcher.serving.get(alias, {}).get(name)
+            if resolved is not None:
+                out.setdefault(resolved.version, resolved)
+        return out
+
+    def serving_version(self, name: str, version: str | None) -> tuple[ResolvedModel, str]:
+        """(the model, the alias it is served under) for an explicit version, as OIP addresses it;
+        no version: the serving alias's. A version that no alias serves now is `version_not_served`."""
+        if not version:
+            return self.serving(name), self.serving_alias
+        if name not in self.names():
+            raise self.unknown(name)
+        for alias in [self.serving_alias, *self.aliases]:
+            resolved = self.watcher.serving.get(alias, {}).get(name)
+            if resolved is not None and resolved.version == version:
+                return resolved, alias
+        served = sorted(self.served_versions(name))
+        raise DataPlaneError(404, "version_not_served", f"version {shown(version)} of model {shown(name)} is not "
+                             f"served; served versions: {served} (serve it by pointing an alias at it)")
+
+    def names(self) -> list[str]:
+        return sorted({name for (_, name) in self.watcher.states})
+
+    def unknown(self, name: str, alias: str | None = None) -> DataPlaneError:
+        where = f" under alias {alias!r}" if alias else ""
+        return DataPlaneError(404, "model_not_found",
+                              f"no model named {shown(name)} is served{where}; served: {self.names()}")
+
+    # -- describe -------------------------------------------------------------------------
+    def describe(self, name: str) -> dict:
+        aliases = {}
+        for alias in self.aliases:
+            st = self.watcher.states.get((alias, name))
+            if st is None:
+                continue
+            entry = {"version": st.version, "state": st.state, "previous": st.previous}
+            if st.error:
+                entry.update(failed_version=st.failed_version, error=st.error, attempts=st.attempts)
+            aliases[alias] = entry
+        main = aliases.get(self.serving_alias) or next(iter(aliases.values()), {"state": "not_served"})
+        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
+        out = {"version": main.get("version"), "alias": self.serving_alias, "state": main["state"],
+               "task": resolved.spec.task if resolved else None, "aliases": aliases}
+        if main.get("error"):
+            out["error"] = main["error"]
+        return out
+
+    async def model_detail(self, name: str) -> dict:
+        """describe(), plus the serving version's spec, inference's view of it and the placement."""
+        if name not in self.names():
+            raise self.unknown(name)
+        body = {"name": name, **self.describe(name)}
+        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
+        if resolved is not None:
+            body["spec"] = resolved.spec.model_dump()
+            body.update(await self._inference_info(resolved.key))
+        body["placement"] = await self._placement()
+        return body
+
+    # -- readiness --------------------------------------------------------------------------
+    async def readiness(self) -> dict:
+        """{"ready", "models", "stages"[, "registry_error"]}: ready when every model of the serving
+        alias serves and every stage answers with all of them loaded."""
+        models = {name: self.watcher.states[(self.serving_alias, name)].state
+                  for (alias, name) in self.watcher.states if alias == self.serving_alias}
+        stages = await self._stage_readiness()
+        body = {"ready": self.watcher.ready and all(v == "ready" for v in stages.values()),
+                "models": models, "stages": stages}
+        if self.watcher.registry_error:
+            body["registry_error"] = self.watcher.registry_error
+        return body
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        """This model (version) would be answered now: it serves and no stage is known down."""
+        try:
+            resolved, _ = self.serving_version(name, version)
+        except DataPlaneError:
+            return False
+        if self.stages.down is not None:
+            return False
+        stages = await self._stage_readiness({resolved.key})
+        return all(v == "ready" for v in stages.values())
+
+    async def _stage_readiness(self, keys: set[str] | None = None) -> dict[str, str]:
+        """Per stage: "ready" when a replica answers and holds every version the serving alias serves."""
+        if keys is None:
+            keys = {r.key for r in self.watcher.serving.get(self.serving_alias, {}).values()}
+        stages = ("inference", "postprocess")
+        answers = await asyncio.gather(*(self.stages.status(s) for s in stages), return_exceptions=True)
+        out = {}
+        for stage, answer in zip(stages, answers):
+            if isinstance(answer, BaseException):
+                reason = "no replica answered" if isinstance(answer, asyncio.TimeoutError) else one_line(answer)
+                out[stage] = f"unavailable: {reason}"
+            elif missing := sorted(keys - set(answer["models"])):
+                out[stage] = f"loading: {', '.join(missing)}"
+            elif self.stages.down is not None:
+                # It answers again, but predict still fails fast until the next probe round says so:
+                # readiness must not promise what predict refuses.
+                out[stage] = f"unavailable: recovering from {self.stages.down}"
+            else:
+                out[stage] = "ready"
+        return out
+
+    async def _inference_info(self, key: str) -> dict:
+        try:
+            status = await self.stages.status("inference")
+        except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
+            return {"inference_error": one_line(exc)}
+        info = dict(status["models"].get(key, {}))
+        info.pop("version", None)
+        info.pop("state", None)
+        return info
+
+    async def _placement(self) -> dict:
+        """The node (id, labels) of the replica of each stage that answered this call."""
+        placement = {"preprocess": node_info()}
+        for stage in ("inference", "postprocess"):
+            try:
+                placement[stage] = (await self.stages.status(stage))["node"]
+            except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
+                placement[stage] = {"error": one_line(exc)}
+        return placement
+
+
+def _stage_unavailable(exc: BaseException) -> DataPlaneError:
+    return DataPlaneError(503, "stage_unavailable", f"a pipeline stage is unavailable: {one_line(exc)}",
+                          {"Retry-After": RETRY_AFTER_S})
