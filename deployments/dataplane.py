@@ -252,6 +252,8 @@ class DataPlane:
             body["spec"] = resolved.spec.model_dump()
             body.update(await self._inference_info(resolved.key))
         body["placement"] = await self._placement()
+        # How many requests' images this ingress replica sent downstream per call (all models).
+        body["ingress"] = {"group_sizes": dict(sorted(self.grouper.group_sizes.items()))}
         return body
 
     # -- readiness --------------------------------------------------------------------------

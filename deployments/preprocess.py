@@ -31,6 +31,11 @@ from model_registry.source import ResolvedModel
 from serve.autoscaling import OWN_HTTP_ONGOING
 from serve.http_api import discard_unread_body, request_id, route
 from serve.http_server import IngressHttpServer
+from serve.protocols.oip import Oip
+from serve.protocols.oip_grpc import IngressGrpcServer
+from serve.protocols.oip_rest import PREFIX as OIP_PREFIX
+from serve.protocols.oip_rest import ROUTES as OIP_ROUTES
+from serve.protocols.oip_rest import OipRest
 from serve.protocols.v1_http import ROUTES as V1_ROUTES
 from serve.protocols.v1_http import V1Http
 from serve.settings import PipelineConfig, make_source
@@ -52,7 +57,9 @@ class Preprocess:
         self.plane = DataPlane(self.cfg, self.stages, self.watcher, decode_workers=max(2, cores_available()))
         # Every HTTP protocol over the one data plane: (path prefix, routes, adapter); the first
         # prefix that matches wins.
-        self._http_protocols = [("", V1_ROUTES, V1Http(self.plane, self.cfg))]
+        self.oip = Oip(self.plane, self.cfg)
+        self._http_protocols = [(OIP_PREFIX, OIP_ROUTES, OipRest(self.oip, self.cfg)),
+                                ("", V1_ROUTES, V1Http(self.plane, self.cfg))]
         await self.watcher.poll_once()
         self._watch_task = asyncio.create_task(self.watcher.run())
         self.http = None
@@ -62,6 +69,10 @@ class Preprocess:
                                           max_connections_per_client=self.cfg.max_connections_per_client)
             await self.http.start()
             self._sample_task = asyncio.create_task(self._sample_in_progress())
+        self.grpc = None
+        if self.cfg.grpc_port is not None:
+            self.grpc = IngressGrpcServer(self.oip, self.cfg, self.cfg.http_host, self.cfg.grpc_port)
+            await self.grpc.start()
 
     async def _prepare_stages(self, resolved: ResolvedModel) -> None:
         """Load and warm a version in inference and postprocess before it may serve."""
@@ -82,6 +93,8 @@ class Preprocess:
     async def __del__(self):
         if getattr(self, "http", None) is not None:
             await self.http.stop()
+        if getattr(self, "grpc", None) is not None:
+            await self.grpc.stop()
 
     async def __call__(self, request: Request) -> Response:
         """A request from Serve's proxy, which sets the x-request-id header itself."""

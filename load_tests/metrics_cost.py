@@ -21,8 +21,8 @@ CALLS = 5_000
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Recorder:
     def log_lines(self, n: int) -> float:
+        from deployments.dataplane import request_log
         from deployments.metrics import request_log_line
-        from deployments.preprocess import request_log
 
         seen = {"model": "m", "version": "1", "alias": "production",
                 "timings": {"preprocess_ms": 3.0, "inference_ms": 9.0, "postprocess_ms": 0.5, "total_ms": 13.0}}

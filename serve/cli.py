@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).set_defaults(run=lambda args, fn=fn: fn())
 
     add_models_commands(commands)
+    from serve.stream_client import add_stream_command
+
+    add_stream_command(commands)
     from cluster.cli import add_cluster_commands
 
     add_cluster_commands(commands)

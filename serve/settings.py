@@ -129,6 +129,12 @@ class PipelineConfig(BaseModel):
     # of a node; null: only through Serve's proxy. One port per application.
     http_port: int | None = Field(default=None, ge=1, le=65535)
     http_host: str = "127.0.0.1"
+    # The ingress replicas' own gRPC port (serve/protocols/oip_grpc.py: OIP v2's
+    # GRPCInferenceService and camera streams), on http_host; null: no gRPC.
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    # Camera streams: frames kept waiting per stream while one is in the pipeline; a newer frame
+    # pushes out the oldest (latest frame wins, serve/protocols/streams.py).
+    stream_max_pending: int = Field(default=1, ge=1, le=64)
 
     @field_validator("models")
     @classmethod
