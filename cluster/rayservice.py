@@ -70,6 +70,7 @@ def manifest(serve_config: str | Path | None = None) -> dict:
                         {"containerPort": 8265, "name": "dashboard"},
                         {"containerPort": 8000, "name": "serve"},
                         {"containerPort": 8001, "name": "serve-proxy"},
+                        {"containerPort": 8002, "name": "grpc"},
                     ])]}},
                 },
                 "workerGroupSpecs": [{
@@ -78,11 +79,12 @@ def manifest(serve_config: str | Path | None = None) -> dict:
                     "minReplicas": 1,
                     "maxReplicas": 8,
                     "rayStartParams": {"labels": node_labels},
-                    # 8000: the ingress replicas' own HTTP port, on the pods that run one;
-                    # 8001: Serve's proxy, on every pod.
+                    # 8000 and 8002: the ingress replicas' own HTTP and gRPC ports, on the pods
+                    # that run one; 8001: Serve's proxy, on every pod.
                     "template": {"spec": {"containers": [_container("ray-worker", [
                         {"containerPort": 8000, "name": "serve"},
                         {"containerPort": 8001, "name": "serve-proxy"},
+                        {"containerPort": 8002, "name": "grpc"},
                     ])]}},
                 }],
             },

@@ -339,10 +339,23 @@ def run_wrk(url: str, image: Path, connections: int, duration_s: float,
 
 
 def run_load(client: str, url: str, model: str, users: int, duration_s: float, image: Path,
-             out_prefix: Path) -> LoadResult:
-    """Closed-loop load with `users` connections; the client's own CPU is measured too."""
+             out_prefix: Path, oip_batch: int = 0) -> LoadResult:
+    """Closed-loop load with `users` connections; the client's own CPU is measured too. With
+    `oip_batch` (wrk only), each request is an OIP v2 infer of that many copies of `image`."""
     cpu0 = children_cpu_s()
-    if client == "locust":
+    if oip_batch:
+        body, header_length = oip_infer_body(image.read_bytes(), oip_batch)
+        body_file = Path(f"{out_prefix}.oip-body")
+        body_file.write_bytes(body)
+        summary = run_wrk(f"{url}/v2/models/{model}/infer", body_file, users, duration_s,
+                          {"Content-Type": "application/octet-stream",
+                           "Inference-Header-Content-Length": str(header_length)})
+        Path(f"{out_prefix}.json").write_text(json.dumps(summary))
+        n = summary["requests"]
+        result = LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000,
+                            summary["p95_us"] / 1000, summary["p99_us"] / 1000,
+                            summary["non_2xx"] + summary["socket_errors"], 0.0)
+    elif client == "locust":
         stats = run_locust(url, model, users, duration_s, image, out_prefix)
         n = int(stats["Request Count"])
         result = LoadResult(n, float(stats["Requests/s"]), float(stats["50%"]), float(stats["95%"]),
@@ -359,19 +372,35 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
 
 
 def served(label: str, setup: str, server: ServedCluster | PlainServer, image: Path, concurrency: int,
-           duration_s: float, out_dir: Path, client: str) -> Row:
-    """Closed-loop HTTP load on a server (the platform or the plain one); CPU by process."""
-    name = f"{label}_{setup.replace(' ', '-')}_c{concurrency}"
-    run_load(client, server.url, label, concurrency, 5, image, out_dir / f"warmup_{name}")
+           duration_s: float, out_dir: Path, client: str, oip_batch: int = 0) -> Row:
+    """Closed-loop HTTP load on a server (the platform or the plain one); CPU by process.
+
+    With `oip_batch`, OIP v2 requests of that many images each, on concurrency / oip_batch
+    connections (the same images in flight): img/s and CPU are per image, latency per request.
+    """
+    name = f"{label}_{setup.replace(' ', '-').replace(',', '')}_c{concurrency}"
+    connections = max(1, concurrency // oip_batch) if oip_batch else concurrency
+    run_load(client, server.url, label, connections, 5, image, out_dir / f"warmup_{name}", oip_batch)
     procs = server.processes()
     before = cpu_seconds(procs)
-    load = run_load(client, server.url, label, concurrency, duration_s, image, out_dir / name)
+    load = run_load(client, server.url, label, connections, duration_s, image, out_dir / name, oip_batch)
     after = cpu_seconds(procs)
-    n = max(load.requests, 1)
-    by_kind = cpu_ms_per_request_by_kind(before, after, n)
+    images = max(load.requests, 1) * (oip_batch or 1)
+    by_kind = cpu_ms_per_request_by_kind(before, after, images)
     cpu_breakdown = {k: round(v, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]) if v >= 0.05}
-    return Row(label, setup, concurrency, n, load.rps, load.p50_ms, load.p95_ms, load.p99_ms, load.failures,
-               sum(by_kind.values()), cpu_breakdown, load.client_cpu_ms)
+    return Row(label, setup, concurrency, images, load.rps * (oip_batch or 1), load.p50_ms, load.p95_ms,
+               load.p99_ms, load.failures, sum(by_kind.values()), cpu_breakdown,
+               None if load.client_cpu_ms is None else load.client_cpu_ms / (oip_batch or 1))
+
+
+def oip_infer_body(image: bytes, n: int) -> tuple[bytes, int]:
+    """An OIP v2 infer request of `n` copies of `image` as one BYTES tensor, binary tensor data
+    extension (what tritonclient sends): (body, Inference-Header-Content-Length)."""
+    raw = b"".join(len(image).to_bytes(4, "little") + image for _ in range(n))
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [n],
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + raw, len(head)
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,7 +491,8 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
         served8, served1 = mine.get(("served", 8)), mine.get(("served", 1))
         if served8 is None and served1 is None:
             continue
-        fast = limit[(model, 1)].cpu_ms_per_req <= FAST_MODEL_CPU_MS
+        own_limit = limit.get((model, 1)) or next(r for (m, _), r in limit.items() if m == model)
+        fast = own_limit.cpu_ms_per_req <= FAST_MODEL_CPU_MS
         targets = FAST if fast else SLOW
         kind = f"{model} ({'fast' if fast else 'slow'} model)"
 
@@ -481,7 +511,7 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
         if served1 is not None:
             # Slow model: against a lone request at its best thread count.
             lone = [r for (setup, c), r in mine.items() if c == 1 and setup.startswith("in-process")]
-            ref = min(lone, key=lambda r: r.p50_ms) if not fast else limit[(model, 1)]
+            ref = min(lone, key=lambda r: r.p50_ms) if not fast else own_limit
             extra = served1.p50_ms - ref.p50_ms
             check(extra <= targets["c1_p50_extra_ms"], f"concurrency 1 p50 {served1.p50_ms:.1f} ms = {ref.setup} "
                   f"{ref.p50_ms:.1f} + {extra:.1f} ms (target <= + {targets['c1_p50_extra_ms']:.0f} ms)")
@@ -490,7 +520,7 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
                 ratio = r.cpu_ms_per_req / limit[(model, c)].cpu_ms_per_req
                 check(ratio <= targets["cpu_ratio"], f"concurrency {c} CPU {r.cpu_ms_per_req:.1f} ms/request = "
                       f"{ratio:.2f} x in-process (target <= {targets['cpu_ratio']})")
-    errors = sum(r.errors for r in rows if r.setup == "served")
+    errors = sum(r.errors for r in rows if r.setup.startswith("served"))
     checks.append(f"{'PASS' if errors == 0 else 'FAIL'} errors served: {errors}")
     return table, checks
 
@@ -552,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='inference batching overrides, e.g. \'{"max_batch_size": 4}\'')
     ap.add_argument("--app-args", type=json.loads, default={},
                     help='application args overrides (serve/settings.py), e.g. \'{"max_in_flight": 4}\'')
+    ap.add_argument("--oip-batch", type=int, default=4,
+                    help="also serve the top concurrency as OIP v2 requests of this many images (0: not)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain single-process server rows")
     ap.add_argument("--autoscale", action="store_true", help="also run the ramp and plot replicas per stage")
     ap.add_argument("--ramp-peak", type=int, default=24)
@@ -620,6 +652,11 @@ def main(argv: list[str] | None = None) -> int:
                     if cluster is not None:
                         runs.setdefault("served", []).append(
                             served(label, "served", cluster, image, c, args.duration, out_dir, args.client))
+                        if args.oip_batch and c == max(args.concurrency) and args.client == "wrk":
+                            setup = f"served, OIP batches of {args.oip_batch}"
+                            runs.setdefault(setup, []).append(
+                                served(label, setup, cluster, image, c, args.duration, out_dir, args.client,
+                                       args.oip_batch))
                 for setup_runs in runs.values():
                     record(median_row(setup_runs))
             lone_limit = next((r for r in rows if (r.model, r.setup, r.concurrency) == (label, "in-process", 1)), None)

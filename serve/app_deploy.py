@@ -29,16 +29,18 @@ def free_port() -> int:
 
 
 def app_config(name: str, route_prefix: str, models: list[dict], stages: str = "in_process",
-               http_port: int | None = None, **arg_overrides) -> dict:
+               http_port: int | None = None, grpc_port: int | None = None, **arg_overrides) -> dict:
     """The shipped application with other models: serve/config.yaml's (stages in process), or with
     `stages="deployments"` serve/edge.yaml's datacenter app (three deployments).
 
-    `http_port`: the ingress replicas' own HTTP port (None: only through Serve's proxy).
+    `http_port`: the ingress replicas' own HTTP port (None: only through Serve's proxy);
+    `grpc_port`: their gRPC port (None: none).
     """
     source = CONFIG_YAML if stages == "in_process" else EDGE_YAML
     app = copy.deepcopy(yaml.safe_load(source.read_text())["applications"][0])
     app.update(name=name, route_prefix=route_prefix)
-    app["args"] = {**app["args"], "models": models, "http_port": http_port, **arg_overrides}
+    app["args"] = {**app["args"], "models": models, "http_port": http_port, "grpc_port": grpc_port,
+                   **arg_overrides}
     for d in app["deployments"]:
         # One replica each keeps a test or benchmark cluster small and its statistics in one place.
         d.pop("autoscaling_config", None)

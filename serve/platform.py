@@ -31,6 +31,7 @@ LOG_DIR = DATA_DIR / "logs"
 CONFIG_YAML = PROJECT_ROOT / "serve" / "config.yaml"
 DASHBOARD_PORT = 8265
 HTTP_PORT = 8000  # serve/config.yaml's app `http_port`: the ingress replicas' own server
+GRPC_PORT = 8002  # serve/config.yaml's app `grpc_port`: OIP v2 over gRPC, camera streams
 SERVE_PROXY_PORT = 8001  # serve/config.yaml's http_options.port: Serve's proxy, the same API
 HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 DEMO_MODELS = {
@@ -142,7 +143,8 @@ def _check_ports() -> None:
         raise StepFailed(f"another Ray cluster (not the one this checkout's `visionray up` started) has its "
                          f"dashboard on port {DASHBOARD_PORT}; stop it the way it was started (visionray never "
                          f"stops other clusters) or free the port")
-    for port, what in ((HTTP_PORT, "HTTP"), (SERVE_PROXY_PORT, "Serve's proxy"), (DASHBOARD_PORT, "Ray dashboard")):
+    for port, what in ((HTTP_PORT, "HTTP"), (GRPC_PORT, "gRPC"), (SERVE_PROXY_PORT, "Serve's proxy"),
+                       (DASHBOARD_PORT, "Ray dashboard")):
         if not _port_free(port):
             raise StepFailed(f"port {port} ({what}) is in use by another program (`ss -ltnp 'sport = :{port}'` "
                              f"shows which); stop it or free the port")
@@ -246,6 +248,8 @@ def up() -> int:
     print(f"""
 visionray is up.
   API        {HTTP_URL}/v1/models
+  OIP v2     {HTTP_URL}/v2/models/shapes-detector  (KServe/Triton REST; tritonclient works)
+  gRPC       127.0.0.1:{GRPC_PORT}  (OIP v2 GRPCInferenceService, camera streams: visionray stream)
   ready      {HTTP_URL}/readyz
   also       http://127.0.0.1:{SERVE_PROXY_PORT}  (the same API through Serve's proxy)
   dashboard  {state['dashboard']}  (Serve tab: replicas per stage)

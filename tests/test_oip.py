@@ -295,3 +295,23 @@ def test_streams_answer_in_order_and_drop_stale_frames(oip_api, tmp_path):
 def r_params(result) -> dict:
     params = result.get_response().parameters
     return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in params.items()}
+
+
+def test_the_stream_cli_runs_a_video_end_to_end(oip_api, tmp_path):
+    """`visionray stream VIDEO --model det --grpc HOST:PORT`, a separate process as a user runs it."""
+    import json
+    import subprocess
+    import sys
+
+    frames = video_frames(30, tmp_path)
+    assert frames
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "serve.cli", "stream", str(tmp_path / "moving.avi"), "--model", "det",
+                           "--grpc", oip_api["grpc"], "--rate", "20", "--jsonl", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [f"frame-{i}" for i in range(30)]  # 20 fps: none stale
+    assert all(line["detections"] for line in lines)
+    assert "30 frames answered" in proc.stderr and "0 dropped" in proc.stderr
+    assert "fps" in proc.stdout
