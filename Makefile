@@ -64,9 +64,13 @@ lock:
 	@echo "wrote $(CONSTRAINTS); run make test before committing it"
 
 # The gRPC modules from serve/protocols/inference.proto (generated code is committed: serving
-# needs no grpcio-tools). Run after editing the .proto.
+# needs no grpcio-tools). Run after editing the .proto. The messages go into a descriptor pool of
+# their own: tritonclient's modules declare the same `inference.*` names in the default pool, and
+# both must import in one process (docs/oip.md).
 .PHONY: proto
 proto: $(STAMP)
 	@$(BIN)/python -c 'import grpc_tools' 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[cpu,test,proto]" $(PIN)
 	$(BIN)/python -m grpc_tools.protoc -Iserve/protocols=serve/protocols --python_out=. --grpc_python_out=. \
 		serve/protocols/inference.proto
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
+		serve/protocols/inference_pb2.py

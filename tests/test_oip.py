@@ -3,10 +3,8 @@
 tritonclient (PyPI), HTTP and gRPC, against the shipped application on its own HTTP and gRPC
 ports: health, metadata, readiness, inference with one image and with a batch of 4, binary data
 on and off, raw pixels; every answer equal to /v1's for the same image; errors as the protocol's
-statuses, never UNKNOWN. Then camera streams through tritonclient's stream API.
-
-This process must not import serve/protocols/inference_pb2.py: it declares the same protobuf
-symbols as tritonclient's own modules (package `inference`, by design: the wire names must match).
+statuses, never UNKNOWN. Then camera streams through tritonclient's stream API, and the
+`visionray stream` CLI on a generated video.
 """
 
 from __future__ import annotations
