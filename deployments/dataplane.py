@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from ray.serve.exceptions import BackPressureError
@@ -33,6 +33,8 @@ from deployments.predict_params import PredictParams
 from deployments.preprocessing import prepare_image
 from deployments.stage_links import STAGE_FAILURES, StageUnavailable
 from model_registry.source import ResolvedModel
+from review.capture import Capture, capture_reason
+from review.store import LocalReviewStore
 
 log = logging.getLogger("ray.serve")
 # A child of Serve's logger: its lines go where Serve writes the replica's log.
@@ -53,7 +55,7 @@ class RequestRecord:
     images: int = 0
     timings: dict | None = None
     resolved: bool = False
-    extra: dict = field(default_factory=dict)
+    request_id: str = ""
 
 
 class DataPlane:
@@ -67,6 +69,12 @@ class DataPlane:
                                    on_abandoned=self._count_abandoned)
         # Decoding is CPU work: more threads than cores only add switches and GIL hand-offs.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+        self.review = cfg.review
+        self.capture = None
+        if cfg.review.enabled:
+            store = LocalReviewStore(cfg.review.directory(), cfg.review.max_items, cfg.review.max_bytes,
+                                     cfg.review.when_full)
+            self.capture = Capture(store, cfg.review.queue_size)
 
     # -- predict --------------------------------------------------------------------------
     def admit(self, resolved: ResolvedModel, budget_s: float) -> None:
@@ -95,16 +103,17 @@ class DataPlane:
                 reservations.append(self.grouper.admit(key, budget_s - (time.perf_counter() - t0)))
             loop = asyncio.get_running_loop()
             # cv2 releases the GIL: decoding off the event loop lets requests overlap.
-            prepared = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, self._prepare, image, resolved)
-                                              for image in images))
+            decodes = [loop.run_in_executor(self._decode_pool, self._prepare, image, resolved) for image in images]
+            prepared = [await decodes[0]] if len(decodes) == 1 else await asyncio.gather(*decodes)
             pre_ms = (time.perf_counter() - t0) * 1000
             conf_floor = params.conf if spec.task == "detect" else 0.0
             remaining_s = budget_s - pre_ms / 1000
             # Wall-clock: the deadline is compared in other processes, maybe on other nodes.
             deadline = time.time() + remaining_s
-            results = await asyncio.gather(*(
-                self.grouper.submit(key, (image, conf_floor, meta, params, deadline), remaining_s, reservation)
-                for (image, meta), reservation in zip(prepared, reservations)))
+            submits = [self.grouper.submit(key, (image, conf_floor, meta, params, deadline), remaining_s, reservation)
+                       for (image, meta), reservation in zip(prepared, reservations)]
+            # One image (the /v1 case): awaited as is; gather would wrap it in a task of its own.
+            results = [await submits[0]] if len(submits) == 1 else await asyncio.gather(*submits)
         except Overloaded as exc:
             raise self._overloaded(resolved, budget_s, exc) from None
         except BackPressureError:
@@ -131,7 +140,26 @@ class DataPlane:
                         "served_by": {"preprocess": node_id(), **result.pop("served_by")},
                         "timings_ms": timings})
         record.images, record.timings = len(images), out[0]["timings_ms"]
+        if self.capture is not None:
+            self._capture(resolved, images, out, record)
         return out
+
+    def _capture(self, resolved: ResolvedModel, images: list[ImageInput], results: list[dict],
+                 record: RequestRecord) -> None:
+        """The predictions the model's capture rule picks go to the review queue: a queue put each."""
+        rule = self.review.rule_for(resolved.name)
+        if rule is None:
+            return
+        task = resolved.spec.task
+        for image, result in zip(images, results):
+            prediction = result.get("detections") if task == "detect" else result.get("classes")
+            reason = capture_reason(rule, task, prediction or [])
+            if reason is not None:
+                self.capture.offer(image, {
+                    "created": time.time(), "model": resolved.name, "version": resolved.version,
+                    "alias": record.alias, "task": task, "request_id": record.request_id, "reason": reason,
+                    "width": result["image"]["width"], "height": result["image"]["height"],
+                    "prediction": prediction})
 
     def record(self, record: RequestRecord, rid: str, status: int, total_ms: float) -> None:
         """Metrics (and, if configured, the log line) of one predict request, whatever its protocol."""

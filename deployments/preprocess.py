@@ -115,7 +115,7 @@ class Preprocess:
             path = path[len(root):] or "/"
         # The path's prefix picks the protocol, so even its 404s are in that protocol's format.
         table, protocol = next((t, p) for prefix, t, p in self._http_protocols if path.startswith(prefix))
-        handler, record = None, RequestRecord()
+        handler, record = None, RequestRecord(request_id=rid)
         try:
             handler, path_params = route(table, request.method, path)
             response = await getattr(protocol, handler)(request, rid, record, **path_params)

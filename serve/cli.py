@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serve.stream_client import add_stream_command
 
     add_stream_command(commands)
+    from review.cli import add_review_commands
+
+    add_review_commands(commands)
     from cluster.cli import add_cluster_commands
 
     add_cluster_commands(commands)

@@ -190,7 +190,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, rid: str, time_remaining: float | None, t0: float | None = None):
         t0 = time.perf_counter() if t0 is None else t0
-        record, status = RequestRecord(), 200
+        record, status = RequestRecord(request_id=rid), 200
         try:
             resolved = self.oip.resolve(request.model_name, request.model_version or None, record)
             budget_s = self.cfg.latency_budget_s if time_remaining is None else min(time_remaining, MAX_BUDGET_S)

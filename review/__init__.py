@@ -1,0 +1,1 @@
+"""The review queue: low-confidence predictions captured for labelling (issue 15)."""

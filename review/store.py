@@ -1,0 +1,197 @@
+"""Where captured predictions wait for a person: image files plus a sqlite index.
+
+`ReviewStore` is the interface the platform writes to and the CLI and page read from;
+`LocalReviewStore` keeps the images as files under one directory and the index in
+`index.sqlite` beside them (WAL: the node's ingress replicas write, the CLI reads, at once). A
+cluster points `review.dir` at shared storage (a mounted volume); an edge node keeps its own,
+on the device, until exported.
+
+Bounded: at most `max_items` items and `max_bytes` of images. When full, `when_full` says what
+gives: `drop_oldest` (the default: the newest doubts are the ones worth labelling) deletes the
+oldest items, `pause` refuses new ones until some are purged or exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+STATUSES = ("pending", "accepted", "discarded")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    task TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    image_file TEXT NOT NULL,
+    image_bytes INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    prediction TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_model ON items (model, created);
+"""
+
+
+class StoreFull(Exception):
+    """`when_full: pause` and the store is at a bound: the item is not kept."""
+
+
+@dataclass
+class ReviewItem:
+    id: str
+    created: float
+    model: str
+    version: str
+    alias: str
+    task: str
+    request_id: str
+    reason: str
+    status: str
+    image_file: str
+    image_bytes: int
+    width: int
+    height: int
+    prediction: list[dict]  # the /v1 detections or classes
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "image_file"}
+        return out
+
+
+class ReviewStore(Protocol):
+    def add(self, image: bytes, ext: str, item: dict) -> str: ...
+    def list(self, model: str | None = None, status: str | None = None, limit: int = 100,
+             offset: int = 0) -> list[ReviewItem]: ...
+    def get(self, item_id: str) -> ReviewItem | None: ...
+    def image(self, item_id: str) -> bytes | None: ...
+    def set_status(self, item_id: str, status: str) -> bool: ...
+    def purge(self, model: str | None = None, status: str | None = None) -> int: ...
+    def stats(self) -> dict: ...
+
+
+class LocalReviewStore:
+    def __init__(self, directory: str | Path, max_items: int = 10_000, max_bytes: int = 1 << 30,
+                 when_full: Literal["drop_oldest", "pause"] = "drop_oldest"):
+        self.dir = Path(directory)
+        self.images = self.dir / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.max_items, self.max_bytes, self.when_full = max_items, max_bytes, when_full
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.dir / "index.sqlite", timeout=10, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def add(self, image: bytes, ext: str, item: dict) -> str:
+        """Keep one captured image and its prediction; its id. StoreFull under `pause` at a bound."""
+        item_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:10]}"
+        name = f"{item_id}.{ext}"
+        with self._lock:
+            self._make_room(len(image))
+            path = self.images / name
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(image)  # a full disk raises here, before the index knows the item
+            os.replace(tmp, path)
+            try:
+                self._db.execute(
+                    "INSERT INTO items (id, created, model, version, alias, task, request_id, reason, image_file, "
+                    "image_bytes, width, height, prediction) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (item_id, item.get("created", time.time()), item["model"], item["version"], item["alias"],
+                     item["task"], item["request_id"], item["reason"], name, len(image), item["width"],
+                     item["height"], json.dumps(item["prediction"], separators=(",", ":"))))
+            except sqlite3.Error:
+                path.unlink(missing_ok=True)
+                raise
+        return item_id
+
+    def _make_room(self, incoming: int) -> None:
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+        if count + 1 <= self.max_items and size + incoming <= self.max_bytes:
+            return
+        if self.when_full == "pause":
+            raise StoreFull(f"the review queue is full ({count} items, {size} bytes; limits {self.max_items}, "
+                            f"{self.max_bytes}): capture is paused until items are exported or purged")
+        for item_id, name, nbytes in self._db.execute(
+                "SELECT id, image_file, image_bytes FROM items ORDER BY created").fetchall():
+            if count + 1 <= self.max_items and size + incoming <= self.max_bytes:
+                break
+            self._delete(item_id, name)
+            count, size = count - 1, size - nbytes
+
+    def _delete(self, item_id: str, name: str) -> None:
+        self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        (self.images / name).unlink(missing_ok=True)
+
+    def list(self, model: str | None = None, status: str | None = None, limit: int = 100,
+             offset: int = 0) -> list[ReviewItem]:
+        where, args = _filters(model, status)
+        rows = self._db.execute(f"SELECT * FROM items{where} ORDER BY created DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
+        return [_item(self._db, row) for row in rows]
+
+    def get(self, item_id: str) -> ReviewItem | None:
+        row = self._db.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        return _item(self._db, row) if row else None
+
+    def image(self, item_id: str) -> bytes | None:
+        item = self.get(item_id)
+        if item is None:
+            return None
+        try:
+            return (self.images / item.image_file).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def image_path(self, item: ReviewItem) -> Path:
+        return self.images / item.image_file
+
+    def set_status(self, item_id: str, status: str) -> bool:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        with self._lock:
+            return self._db.execute("UPDATE items SET status = ? WHERE id = ?", (status, item_id)).rowcount == 1
+
+    def purge(self, model: str | None = None, status: str | None = None) -> int:
+        where, args = _filters(model, status)
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, image_file FROM items{where}", args).fetchall()
+            for item_id, name in rows:
+                self._delete(item_id, name)
+        return len(rows)
+
+    def stats(self) -> dict:
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+        by_status = dict(self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        return {"items": count, "bytes": size, "by_status": by_status, "max_items": self.max_items,
+                "max_bytes": self.max_bytes, "when_full": self.when_full}
+
+
+def _filters(model: str | None, status: str | None) -> tuple[str, tuple]:
+    clauses, args = [], []
+    if model:
+        clauses.append("model = ?")
+        args.append(model)
+    if status:
+        clauses.append("status = ?")
+        args.append(status)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _item(db: sqlite3.Connection, row) -> ReviewItem:
+    names = [d[0] for d in db.execute("SELECT * FROM items LIMIT 0").description]
+    values = dict(zip(names, row))
+    values["prediction"] = json.loads(values["prediction"])
+    return ReviewItem(**values)
