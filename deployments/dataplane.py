@@ -31,6 +31,7 @@ from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.placement import node_id, node_info
 from deployments.predict_params import PredictParams
 from deployments.preprocessing import prepare_image
+from deployments.recent_stats import RecentStats
 from deployments.stage_links import STAGE_FAILURES, StageUnavailable
 from model_registry.source import ResolvedModel
 from review.capture import Capture, capture_reason
@@ -69,6 +70,7 @@ class DataPlane:
                                    on_abandoned=self._count_abandoned)
         # Decoding is CPU work: more threads than cores only add switches and GIL hand-offs.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+        self.recent = RecentStats()  # the try-it page's live panel
         self.review = cfg.review
         self.capture = None
         if cfg.review.enabled:
@@ -165,6 +167,7 @@ class DataPlane:
         """Metrics (and, if configured, the log line) of one predict request, whatever its protocol."""
         METRICS.predict_answered(record.model, record.version, record.alias, status, total_ms,
                                  record.images, record.timings)
+        self.recent.record(record.model, status, total_ms)
         if self.cfg.request_log:
             seen = {"model": record.model, "version": record.version, "alias": record.alias,
                     "timings": record.timings} if record.resolved else None

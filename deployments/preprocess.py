@@ -36,6 +36,9 @@ from serve.protocols.oip_grpc import IngressGrpcServer
 from serve.protocols.oip_rest import PREFIX as OIP_PREFIX
 from serve.protocols.oip_rest import ROUTES as OIP_ROUTES
 from serve.protocols.oip_rest import OipRest
+from serve.protocols.ui import PREFIX as UI_PREFIX
+from serve.protocols.ui import ROUTES as UI_ROUTES
+from serve.protocols.ui import TryItPage
 from serve.protocols.v1_http import ROUTES as V1_ROUTES
 from serve.protocols.v1_http import V1Http
 from serve.settings import PipelineConfig, make_source
@@ -59,6 +62,7 @@ class Preprocess:
         # prefix that matches wins.
         self.oip = Oip(self.plane, self.cfg)
         self._http_protocols = [(OIP_PREFIX, OIP_ROUTES, OipRest(self.oip, self.cfg)),
+                                (UI_PREFIX, UI_ROUTES, TryItPage()),
                                 ("", V1_ROUTES, V1Http(self.plane, self.cfg))]
         await self.watcher.poll_once()
         self._watch_task = asyncio.create_task(self.watcher.run())
