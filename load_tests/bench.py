@@ -347,28 +347,25 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
         body, header_length = oip_infer_body(image.read_bytes(), oip_batch)
         body_file = Path(f"{out_prefix}.oip-body")
         body_file.write_bytes(body)
-        summary = run_wrk(f"{url}/v2/models/{model}/infer", body_file, users, duration_s,
-                          {"Content-Type": "application/octet-stream",
-                           "Inference-Header-Content-Length": str(header_length)})
-        Path(f"{out_prefix}.json").write_text(json.dumps(summary))
-        n = summary["requests"]
-        result = LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000,
-                            summary["p95_us"] / 1000, summary["p99_us"] / 1000,
-                            summary["non_2xx"] + summary["socket_errors"], 0.0)
+        result = _wrk_load(run_wrk(f"{url}/v2/models/{model}/infer", body_file, users, duration_s,
+                                   {"Content-Type": "application/octet-stream",
+                                    "Inference-Header-Content-Length": str(header_length)}), out_prefix)
     elif client == "locust":
         stats = run_locust(url, model, users, duration_s, image, out_prefix)
         n = int(stats["Request Count"])
         result = LoadResult(n, float(stats["Requests/s"]), float(stats["50%"]), float(stats["95%"]),
                             float(stats["99%"]), int(stats["Failure Count"]), 0.0)
     else:
-        summary = run_wrk(f"{url}/v1/models/{model}/predict", image, users, duration_s)
-        Path(f"{out_prefix}.json").write_text(json.dumps(summary))
-        n = summary["requests"]
-        result = LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000,
-                            summary["p95_us"] / 1000, summary["p99_us"] / 1000,
-                            summary["non_2xx"] + summary["socket_errors"], 0.0)
+        result = _wrk_load(run_wrk(f"{url}/v1/models/{model}/predict", image, users, duration_s), out_prefix)
     result.client_cpu_ms = (children_cpu_s() - cpu0) * 1000 / max(result.requests, 1)
     return result
+
+
+def _wrk_load(summary: dict, out_prefix: Path) -> LoadResult:
+    Path(f"{out_prefix}.json").write_text(json.dumps(summary))
+    n = summary["requests"]
+    return LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000, summary["p95_us"] / 1000,
+                      summary["p99_us"] / 1000, summary["non_2xx"] + summary["socket_errors"], 0.0)
 
 
 def served(label: str, setup: str, server: ServedCluster | PlainServer, image: Path, concurrency: int,

@@ -61,7 +61,7 @@ def test_edge_config_validates_and_keeps_the_datacenter_app_identical():
     datacenter, edge = EDGE["applications"]
     single_node = CONFIG["applications"][0]
     # The same app with its stages placed apart: only where the stages run and the way in differ.
-    split_keys = {"stages", "http_port", "http_host"}
+    split_keys = {"stages", "http_port", "http_host", "grpc_port"}
     assert {k: v for k, v in datacenter["args"].items() if k not in split_keys} == {
         k: v for k, v in single_node["args"].items() if k not in split_keys}
     assert (datacenter["args"]["stages"], single_node["args"]["stages"]) == ("deployments", "in_process")
