@@ -1,8 +1,8 @@
-"""What the review queue's capture costs a request (issue 15): capture off against capture of
-every prediction (sample_rate 1, the worst case), two apps in one cluster, wrk taking turns on
-each, several rounds; medians of p50, p99 and img/s at each concurrency.
+"""What the review queue's capture costs a request (issue 15): capture off against capture of a
+share of the predictions (`--sample-rate`, default 1: every one, the worst case), two apps in one
+cluster, wrk taking turns on each, several rounds; medians of p50, p99 and img/s.
 
-    .venv/bin/python -m load_tests.review_ab [--rounds 4 --duration 10 --concurrency 1 8]
+    .venv/bin/python -m load_tests.review_ab [--sample-rate 0.05 --rounds 4 --duration 10]
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--sample-rate", type=float, default=1.0, help="share of predictions captured by `on`")
     args = ap.parse_args(argv)
     cluster = ServedCluster({}, ["CPUExecutionProvider"], 1, {}, num_cpus=max(4, os.cpu_count() or 1),
                             stages="in_process")
     review_dir = tempfile.mkdtemp(prefix="vr-review-ab")
     models = [{"name": "det", "path": str(FAST_MODEL)}]
     ports = {"off": free_port(), "on": free_port()}
-    review = {"enabled": True, "dir": review_dir, "rules": {"*": {"sample_rate": 1.0}}, "max_items": 2000}
+    review = {"enabled": True, "dir": review_dir, "rules": {"*": {"sample_rate": args.sample_rate}}, "max_items": 2000}
     try:
         deploy([app_config("off", "/off", models, http_port=ports["off"]),
                 app_config("on", "/on", models, http_port=ports["on"], review=review)])
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"### Review capture A/B {time.strftime('%Y-%m-%d %H:%M')} — {machine()}", "",
              f"Demo detector, {args.rounds} rounds × {args.duration:.0f} s per side and concurrency, wrk, turns "
-             f"taken; capture `on` stores every prediction (sample_rate 1; {stored} images kept at the end, "
-             "max_items 2000).", "",
+             f"taken; capture `on` stores a share {args.sample_rate:g} of the predictions ({stored} images kept at "
+             "the end, max_items 2000).", "",
              "| capture | conc. | img/s | p50 ms | p99 ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(rows, key=lambda r: (r["concurrency"], r["capture"])):
         lines.append(f"| {r['capture']} | {r['concurrency']} | {r['img_s']:.1f} | {r['p50_ms']:.2f} | "

@@ -93,7 +93,11 @@ class LocalReviewStore:
         self._db = sqlite3.connect(self.dir / "index.sqlite", timeout=10, check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: no fsync per item (a power cut may lose the last captures, never the index).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._totals: tuple[int, int] | None = None  # (items, bytes), re-read from the index now and then
+        self._totals_read = 0.0
 
     def add(self, image: bytes, ext: str, item: dict) -> str:
         """Keep one captured image and its prediction; its id. StoreFull under `pause` at a bound."""
@@ -118,18 +122,37 @@ class LocalReviewStore:
         return item_id
 
     def _make_room(self, incoming: int) -> None:
-        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+        """Under the bounds after this item: the oldest go (a batch at a time), or StoreFull."""
+        count, size = self._current_totals()
         if count + 1 <= self.max_items and size + incoming <= self.max_bytes:
+            self._totals = (count + 1, size + incoming)
+            return
+        count, size = self._current_totals(fresh=True)  # other writers (replicas, the CLI) may have purged
+        if count + 1 <= self.max_items and size + incoming <= self.max_bytes:
+            self._totals = (count + 1, size + incoming)
             return
         if self.when_full == "pause":
             raise StoreFull(f"the review queue is full ({count} items, {size} bytes; limits {self.max_items}, "
                             f"{self.max_bytes}): capture is paused until items are exported or purged")
+        # 1 % more than needed: the next items find room without a delete each.
+        target_items = self.max_items - 1 - self.max_items // 100
+        target_bytes = self.max_bytes - incoming - self.max_bytes // 100
         for item_id, name, nbytes in self._db.execute(
                 "SELECT id, image_file, image_bytes FROM items ORDER BY created").fetchall():
-            if count + 1 <= self.max_items and size + incoming <= self.max_bytes:
+            if count <= target_items and size <= target_bytes:
                 break
             self._delete(item_id, name)
             count, size = count - 1, size - nbytes
+        self._totals = (count + 1, size + incoming)
+
+    def _current_totals(self, fresh: bool = False) -> tuple[int, int]:
+        """(items, bytes): kept in memory between reads of the index at most a second apart, so an
+        add costs no table scan; with several writers a bound may be passed by what they add in
+        that second, until the next read."""
+        if fresh or self._totals is None or time.monotonic() - self._totals_read > 1.0:
+            self._totals = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+            self._totals_read = time.monotonic()
+        return self._totals
 
     def _delete(self, item_id: str, name: str) -> None:
         self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
@@ -170,6 +193,7 @@ class LocalReviewStore:
             rows = self._db.execute(f"SELECT id, image_file FROM items{where}", args).fetchall()
             for item_id, name in rows:
                 self._delete(item_id, name)
+            self._totals = None
         return len(rows)
 
     def stats(self) -> dict:

@@ -247,6 +247,7 @@ def up() -> int:
     sample = next(iter(sorted(SAMPLE.glob("shapes_*.jpg"))), None)
     print(f"""
 visionray is up.
+  try it     {HTTP_URL}/  (the try-it page: drop an image, see the boxes)
   API        {HTTP_URL}/v1/models
   OIP v2     {HTTP_URL}/v2/models/shapes-detector  (KServe/Triton REST; tritonclient works)
   gRPC       127.0.0.1:{GRPC_PORT}  (OIP v2 GRPCInferenceService, camera streams: visionray stream)
