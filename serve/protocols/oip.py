@@ -184,6 +184,9 @@ def json_data(tensor: Tensor) -> list:
     flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    if tensor.datatype == "FP32":
+        # The shortest decimal that reads back as the same float32 (261.02, not 261.0199890136719).
+        return [float(str(v)) for v in flat]
     return flat.tolist()
 
 
