@@ -2,9 +2,10 @@
 
 `ReviewStore` is the interface the platform writes to and the CLI and page read from;
 `LocalReviewStore` keeps the images as files under one directory and the index in
-`index.sqlite` beside them (WAL: the node's ingress replicas write, the CLI reads, at once). A
-cluster points `review.dir` at shared storage (a mounted volume); an edge node keeps its own,
-on the device, until exported.
+`index.sqlite` beside them (WAL: the node's ingress replicas write, the CLI reads, at once; WAL
+needs them on one host, so the directory is on the node's own disk, not a network filesystem).
+Each node keeps its own queue; an edge node's stays on the device until exported. A store for a
+whole cluster on shared storage (fsspec, MLflow artifacts) would implement `ReviewStore`.
 
 Bounded: at most `max_items` items and `max_bytes` of images. When full, `when_full` says what
 gives: `drop_oldest` (the default: the newest doubts are the ones worth labelling) deletes the

@@ -113,7 +113,7 @@ class ReviewConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False  # off by default: capture stores users' images
-    # Images + index.sqlite; None: the project's .data/review. Shared storage for a cluster.
+    # Images + index.sqlite on the node's own disk (one queue per node); None: the project's .data/review.
     dir: str | None = None
     # Rules by model name; "*": every model without its own.
     rules: dict[str, CaptureRule] = Field(default_factory=dict)
