@@ -18,6 +18,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from deployments.image_codec import sniff_format
 from review.store import ReviewStore, StoreFull
 
 log = logging.getLogger("ray.serve")
@@ -97,4 +98,4 @@ def encoded(image: bytes | np.ndarray) -> tuple[bytes, str]:
         if not ok:
             raise ValueError("cannot encode the pixels as PNG")
         return buf.tobytes(), "png"
-    return bytes(image), "png" if image[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+    return bytes(image), "png" if sniff_format(image) == "png" else "jpg"

@@ -68,8 +68,7 @@ class ReviewItem:
     prediction: list[dict]  # the /v1 detections or classes
 
     def summary(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "image_file"}
-        return out
+        return {k: v for k, v in self.__dict__.items() if k != "image_file"}
 
 
 class ReviewStore(Protocol):
@@ -93,6 +92,7 @@ class LocalReviewStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.dir / "index.sqlite", timeout=10, check_same_thread=False,
                                    isolation_level=None)
+        self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: no fsync per item (a power cut may lose the last captures, never the index).
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -151,7 +151,8 @@ class LocalReviewStore:
         add costs no table scan; with several writers a bound may be passed by what they add in
         that second, until the next read."""
         if fresh or self._totals is None or time.monotonic() - self._totals_read > 1.0:
-            self._totals = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM items").fetchone()
+            self._totals = (row[0], row[1])
             self._totals_read = time.monotonic()
         return self._totals
 
@@ -164,11 +165,11 @@ class LocalReviewStore:
         where, args = _filters(model, status)
         rows = self._db.execute(f"SELECT * FROM items{where} ORDER BY created DESC LIMIT ? OFFSET ?",
                                 (*args, limit, offset)).fetchall()
-        return [_item(self._db, row) for row in rows]
+        return [_item(row) for row in rows]
 
     def get(self, item_id: str) -> ReviewItem | None:
         row = self._db.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
-        return _item(self._db, row) if row else None
+        return _item(row) if row else None
 
     def image(self, item_id: str) -> bytes | None:
         item = self.get(item_id)
@@ -215,8 +216,7 @@ def _filters(model: str | None, status: str | None) -> tuple[str, tuple]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
-def _item(db: sqlite3.Connection, row) -> ReviewItem:
-    names = [d[0] for d in db.execute("SELECT * FROM items LIMIT 0").description]
-    values = dict(zip(names, row))
+def _item(row: sqlite3.Row) -> ReviewItem:
+    values = dict(row)
     values["prediction"] = json.loads(values["prediction"])
     return ReviewItem(**values)

@@ -32,6 +32,7 @@ import numpy as np
 
 from deployments.dataplane import DataPlane, ImageInput, RequestRecord
 from deployments.errors import DataPlaneError
+from deployments.image_codec import sniff_format
 from deployments.predict_params import predict_params
 
 SERVER_NAME = "visionray"
@@ -163,7 +164,7 @@ def _json_bytes(name: str, value) -> bytes:
     if not isinstance(value, str):
         raise invalid(f"input {name!r}: BYTES elements in JSON must be strings")
     raw = value.encode("utf-8", "surrogateescape")
-    if raw[:3] == b"\xff\xd8\xff" or raw[:8] == b"\x89PNG\r\n\x1a\n":
+    if sniff_format(raw) is not None:  # not base64: an image sent as a (lossy) string as is
         return raw
     try:
         return base64.b64decode(value, validate=True)

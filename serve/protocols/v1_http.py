@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from deployments.dataplane import DataPlane, RequestRecord
 from deployments.errors import DataPlaneError
+from deployments.image_codec import sniff_format
 from deployments.predict_params import number, predict_params
 from deployments.recent_stats import WINDOW_S
 from review.store import STATUSES
@@ -120,7 +121,7 @@ class V1Http:
         data = self._store().image(item_id)
         if data is None:
             raise DataPlaneError(404, "not_found", f"no review item {item_id!r}")
-        media = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        media = "image/png" if sniff_format(data) == "png" else "image/jpeg"
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     async def review_mark(self, request: Request, rid: str, record: RequestRecord, item_id: str,
