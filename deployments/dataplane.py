@@ -41,6 +41,12 @@ log = logging.getLogger("ray.serve")
 # A child of Serve's logger: its lines go where Serve writes the replica's log.
 request_log = logging.getLogger("ray.serve.visionray.requests")
 
+# A lone request (nothing else in progress) decodes on the event loop's thread instead of the
+# decode pool when its image is at most this big: the hand-off to a pool thread and back cost more
+# than the decode of a small image (2-core EPYC: 8 % of the CPU per request at concurrency 1,
+# load_tests/app_ab.py). Bigger images still go to the pool: their decode would hold up the loop.
+INLINE_DECODE_MAX_BYTES = 256 << 10
+
 # An image as a protocol hands it over: encoded bytes (JPEG/PNG), or decoded pixels, HxWx3 uint8
 # RGB (OIP's raw UINT8 input, for clients that decode themselves).
 ImageInput = bytes | np.ndarray
@@ -71,6 +77,7 @@ class DataPlane:
         # Decoding is CPU work: more threads than cores only add switches and GIL hand-offs.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
         self.recent = RecentStats()  # the try-it page's live panel
+        self._in_progress = 0  # predict calls in progress in this replica (lone requests take shortcuts)
         self.review = cfg.review
         self.capture = None
         if cfg.review.enabled:
@@ -95,6 +102,14 @@ class DataPlane:
         """One result dict per image, in order (the /v1 answer's fields per image). The N images
         are admitted together and go downstream together: one trip through the pipeline."""
         t0 = time.perf_counter() if t0 is None else t0
+        self._in_progress += 1
+        try:
+            return await self._predict(resolved, images, params, budget_s, record, t0)
+        finally:
+            self._in_progress -= 1
+
+    async def _predict(self, resolved: ResolvedModel, images: list[ImageInput], params: PredictParams,
+                       budget_s: float, record: RequestRecord, t0: float) -> list[dict]:
         key, spec = resolved.key, resolved.spec
         reservations = []
         try:
@@ -103,10 +118,13 @@ class DataPlane:
             # would hold places and refuse everyone else.
             for _ in images:
                 reservations.append(self.grouper.admit(key, budget_s - (time.perf_counter() - t0)))
-            loop = asyncio.get_running_loop()
-            # cv2 releases the GIL: decoding off the event loop lets requests overlap.
-            decodes = [loop.run_in_executor(self._decode_pool, self._prepare, image, resolved) for image in images]
-            prepared = [await decodes[0]] if len(decodes) == 1 else await asyncio.gather(*decodes)
+            if len(images) == 1 and self._in_progress == 1 and _image_bytes(images[0]) <= INLINE_DECODE_MAX_BYTES:
+                prepared = [self._prepare(images[0], resolved)]
+            else:
+                # cv2 releases the GIL: decoding off the event loop lets requests overlap.
+                loop = asyncio.get_running_loop()
+                decodes = [loop.run_in_executor(self._decode_pool, self._prepare, image, resolved) for image in images]
+                prepared = [await decodes[0]] if len(decodes) == 1 else await asyncio.gather(*decodes)
             pre_ms = (time.perf_counter() - t0) * 1000
             conf_floor = params.conf if spec.task == "detect" else 0.0
             remaining_s = budget_s - pre_ms / 1000
@@ -180,7 +198,8 @@ class DataPlane:
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
         images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
-        return await self.stages.run(key, images, confs, metas, params, deadlines)
+        lone = len(items) == 1 and self._in_progress == 1
+        return await self.stages.run(key, images, confs, metas, params, deadlines, lone)
 
     @staticmethod
     def _count_abandoned(key: str, count: int) -> None:
@@ -351,6 +370,10 @@ class DataPlane:
             except Exception as exc:  # noqa: BLE001 - a stage being down is a state, not a 500
                 placement[stage] = {"error": one_line(exc)}
         return placement
+
+
+def _image_bytes(image: ImageInput) -> int:
+    return image.nbytes if isinstance(image, np.ndarray) else len(image)
 
 
 def _stage_unavailable(exc: BaseException) -> DataPlaneError:

@@ -78,15 +78,17 @@ class BatchedModel:
             old.shutdown(wait=False)
 
     async def infer(self, images: list[np.ndarray], confs: list[float],
-                    deadlines: list[float] | None = None) -> tuple[list, dict, bool]:
+                    deadlines: list[float] | None = None, lone: bool = False) -> tuple[list, dict, bool]:
         """A group of images (from one ingress call) -> (outputs, timings, outputs_probabilities).
 
         An image whose deadline (wall clock) has passed before its run starts is not run: its
-        output is None, and it is counted in `deadline_dropped`.
+        output is None, and it is counted in `deadline_dropped`. `lone`: the caller has no other
+        request in progress (in_process stages: the ingress replica's only predict), so a short
+        run may take the caller's thread.
         """
         deadlines = deadlines or [float("inf")] * len(images)
         if self.max_batch_size == 1:
-            return await self._infer_unbatched(images, confs, deadlines)
+            return await self._infer_unbatched(images, confs, deadlines, lone)
         await self._slot_free.wait()
         live = [i for i, deadline in enumerate(deadlines) if not self._expired(deadline)]
         outputs: list = [None] * len(images)
@@ -110,7 +112,7 @@ class BatchedModel:
         return True
 
     async def _infer_unbatched(self, images: list[np.ndarray], confs: list[float],
-                               deadlines: list[float]) -> tuple[list, dict, bool]:
+                               deadlines: list[float], lone: bool = False) -> tuple[list, dict, bool]:
         """Each image its own run, at most max_concurrent_batches at once (the CPU default).
 
         A group's images go to the run threads in one share per thread, and a thread runs its
@@ -122,7 +124,7 @@ class BatchedModel:
         step = -(-len(images) // self.max_concurrent_batches)
         shares = [slice(i, i + step) for i in range(0, len(images), step)]
         if len(shares) == 1:
-            parts = [await self._run_share(images, confs, deadlines)]
+            parts = [await self._run_share(images, confs, deadlines, lone)]
         else:
             parts = await asyncio.gather(*(self._run_share(images[s], confs[s], deadlines[s]) for s in shares))
         outputs = [out for part_outputs, _ in parts for out in part_outputs]
@@ -132,18 +134,28 @@ class BatchedModel:
             timings.update(inference_ms=round(sum(run_ms) / len(run_ms), 2), batch_size=1)
         return outputs, timings, self.model.outputs_probabilities
 
-    async def _run_share(self, images: list[np.ndarray], confs: list[float],
-                         deadlines: list[float]) -> tuple[list, list[float]]:
+    async def _run_share(self, images: list[np.ndarray], confs: list[float], deadlines: list[float],
+                         lone: bool = False) -> tuple[list, list[float]]:
         """Images run one by one on one run thread: (outputs, ms of each run). An image whose
-        deadline has passed when its turn comes is not run: None."""
+        deadline has passed when its turn comes is not run: None.
+
+        A lone request's short run (OnnxModel.short_runs: a few ms on CPU) runs right here, on the
+        event loop's thread: with nothing else in progress there is nothing for the loop to do
+        meanwhile, and the hand-off to a run thread and back (two thread wake-ups, a GIL wait)
+        cost the fast model 8 % of its CPU per request at concurrency 1 (2-core EPYC,
+        load_tests/app_ab.py). A request arriving meanwhile waits at most that run.
+        """
         async with self._run_slots:
             self._running += 1
             METRICS.set("concurrent_runs", self._running, **self._tags)
             # Alone: nothing else runs this model now, so a single image may use every core.
             alone = self._running == 1 and len(images) == 1
             try:
-                outputs, run_ms = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_each, images, confs, deadlines, alone)
+                if lone and alone and self.model.short_runs:
+                    outputs, run_ms = self._run_each(images, confs, deadlines, alone)
+                else:
+                    outputs, run_ms = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._run_each, images, confs, deadlines, alone)
             finally:
                 self._running -= 1
                 METRICS.set("concurrent_runs", self._running, **self._tags)
@@ -262,9 +274,9 @@ class InferenceStage:
         return (await self.versions.get(key)).status()
 
     async def __call__(self, key: str, images: list[np.ndarray], confs: list[float],
-                       deadlines: list[float] | None = None):
+                       deadlines: list[float] | None = None, lone: bool = False):
         model = await self.versions.get(key)
-        return await model.infer(images, confs, deadlines)
+        return await model.infer(images, confs, deadlines, lone)
 
     def status(self) -> dict:
         return {

@@ -178,6 +178,8 @@ class OnnxModel:
         self.session = ort.InferenceSession(self.path, self._opts, providers=self._providers)
         self.providers = self.session.get_providers()
         self.batch_mode, self._batch_session = self._prepare_batching()
+        # A single-threaded CPU run's time at load (ms; None on other providers).
+        self.run_ms = self._measure_run_ms()
         self.lone_run_threads, self._lone_session = self._prepare_lone_runs()
         self.outputs_probabilities = self._detect_output_kind()
         self.batch_invariant = self._check_batch_invariance()
@@ -212,6 +214,18 @@ class OnnxModel:
             log.warning("%s: could not make a batch-dynamic copy (%s); running items one by one", self.path, exc)
         return "per_item", None
 
+    def _measure_run_ms(self) -> float | None:
+        if self.providers[0] != "CPUExecutionProvider":
+            return None
+        x = self.normalise(sample_images(self.spec, 1, seed=4)).copy()
+        return _median_run_s(lambda: self._raw(self.session, x)) * 1000
+
+    @property
+    def short_runs(self) -> bool:
+        """A run short enough to take on the caller's thread when it is alone (below
+        lone_run_min_ms: the runs that get no lone-run session either)."""
+        return self.run_ms is not None and self.run_ms < self.settings.lone_run_min_ms
+
     def _prepare_lone_runs(self) -> tuple[int, ort.InferenceSession | None]:
         """A second session of the same model with more threads, for a run with the cores to itself.
 
@@ -223,10 +237,9 @@ class OnnxModel:
         """
         threads = self.settings.lone_run_threads
         narrow = (self.settings.intra_op_threads, None)
-        if threads <= self.settings.intra_op_threads or self.providers[0] != "CPUExecutionProvider":
+        if threads <= self.settings.intra_op_threads or self.run_ms is None:
             return narrow
-        x = self.normalise(sample_images(self.spec, 1, seed=4)).copy()
-        narrow_ms = _median_run_s(lambda: self._raw(self.session, x)) * 1000
+        narrow_ms = self.run_ms
         if narrow_ms < self.settings.lone_run_min_ms:
             log.info("%s: runs take %.1f ms; a lone run stays on %d thread(s)", Path(self.path).name, narrow_ms,
                      self.settings.intra_op_threads)

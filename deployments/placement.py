@@ -11,8 +11,16 @@ from functools import lru_cache
 from ray.serve.handle import DeploymentHandle
 
 
-@lru_cache(maxsize=1)
 def node_info() -> dict:
+    import ray
+
+    if not ray.is_initialized():  # outside Ray (unit tests): asking would start a Ray of its own
+        return {"node_id": None, "labels": {}}
+    return _node_info()
+
+
+@lru_cache(maxsize=1)
+def _node_info() -> dict:
     import ray
 
     ctx = ray.get_runtime_context()

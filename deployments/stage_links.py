@@ -95,8 +95,9 @@ class RemoteStages:
         await asyncio.gather(*(h.load.remote(key) for h in self.handles.values()))
 
     async def run(self, key: str, images: list, confs: list, metas: list, params: list,
-                  deadlines: list[float]) -> list[dict]:
+                  deadlines: list[float], lone: bool = False) -> list[dict]:
         """One inference call and one postprocess call for a group of requests of one version.
+        (`lone` is for InProcessStages: the inference replica has threads of its own to judge by.)
 
         The inference response goes to postprocess as a DeploymentResponse: the model output
         travels from inference to postprocess and never through the ingress. Bounded by the
@@ -143,8 +144,9 @@ class InProcessStages:
         await asyncio.gather(self.inference.load(key), self.postprocess.load(key))
 
     async def run(self, key: str, images: list, confs: list, metas: list, params: list,
-                  deadlines: list[float]) -> list[dict]:
-        inferred = await self.inference(key, images, confs, deadlines)
+                  deadlines: list[float], lone: bool = False) -> list[dict]:
+        """`lone`: this group is the ingress replica's only predict in progress (DataPlane)."""
+        inferred = await self.inference(key, images, confs, deadlines, lone)
         return await self.postprocess(key, inferred, metas, params)
 
     async def status(self, stage: str) -> dict:

@@ -8,14 +8,25 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from demo_models.evaluate import DETECTOR_PATH
 from deployments.inference import BatchedModel
+from deployments.metrics import METRICS
 from deployments.model_spec import spec_from_onnx
 from deployments.onnx_backend import BackendSettings, sample_images
 from deployments.postprocessing import yolo_candidates
 from model_registry.source import ResolvedModel
 from serve.settings import BatchingConfig
+
+
+@pytest.fixture(autouse=True)
+def no_ray_metrics():
+    # A Ray metric object starts a Ray of its own in this process (auto-init), which the suite's
+    # shared cluster would then collide with.
+    enabled, METRICS.enabled = METRICS.enabled, False
+    yield
+    METRICS.enabled = enabled
 
 
 def _model(concurrent: int) -> BatchedModel:
@@ -47,3 +58,17 @@ def test_every_run_expired_reports_no_run():
     outputs, timings, _ = asyncio.run(model.infer(images, [0.1] * 3, [time.time() - 1] * 3))
     assert outputs == [None, None, None]
     assert timings["batch_size"] == 0 and model.deadline_dropped == 3
+
+
+def test_a_lone_short_run_stays_on_the_callers_thread_and_gives_the_same_answer():
+    model = _model(concurrent=2)
+    assert model.model.short_runs  # the demo detector runs in a few ms on any CPU here
+    [image] = sample_images(model.model.spec, 1, seed=2)
+    expected = yolo_candidates(model.model.run([image])[0], 0.1)
+
+    outputs, _, _ = asyncio.run(model.infer([image], [0.1], [time.time() + 60], lone=True))
+
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-5)
+    assert not model._executor._threads  # no run thread was ever started
+    asyncio.run(model.infer([image], [0.1], [time.time() + 60]))  # not lone: a run thread
+    assert len(model._executor._threads) == 1
