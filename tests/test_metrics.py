@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from deployments.metrics import LATENCY_BUCKETS_MS, SPECS, STAGES, Metrics, stage_times_ms
+from deployments.metrics import LATENCY_BUCKETS_MS, SPECS, STAGES, Aggregates, Metrics, stage_times_ms
 
 # Labels that would make series unbounded: never allowed.
 UNBOUNDED = {"request_id", "rid", "path", "url", "client", "name_raw"}
@@ -39,10 +39,40 @@ def test_stage_times_account_for_the_whole_request():
     assert stage_times_ms({"total_ms": 1.0, "inference_ms": 3.0})["queue"] == 0.0  # never negative
 
 
+def test_points_are_summed_kept_last_and_histograms_cumulative_between_flushes():
+    points = Aggregates()
+    for _ in range(3):
+        points.add("requests", "counter", 1, {"model": "m", "code": 200})
+    points.add("requests", "counter", 1, {"model": "m", "code": 503})
+    points.add("concurrent_runs", "gauge", 2, {"model": "m"})
+    points.add("concurrent_runs", "gauge", 1, {"model": "m"})
+    for ms in (0.5, 1.0, 3.0, 40_000.0):
+        points.add("stage_latency_ms", "histogram", ms, {"stage": "queue"})
+
+    counters, gauges, histograms = points.take()
+    assert counters == {("requests", (("code", "200"), ("model", "m"))): 3,
+                        ("requests", (("code", "503"), ("model", "m"))): 1}
+    assert gauges == {("concurrent_runs", (("model", "m"),)): 1}
+    [(buckets, count, total)] = histograms.values()
+    cumulative = dict(buckets)
+    # le is "less than or equal": 0.5 and 1.0 are in le=1, 3.0 in le=5, 40 s only in +Inf.
+    assert [cumulative[le] for le in ("1", "2", "5", "30000", "+Inf")] == [2, 2, 3, 3, 4]
+    assert list(cumulative) == [f"{b:g}" for b in LATENCY_BUCKETS_MS] + ["+Inf"]
+    assert (count, total) == (4, 40_004.5)
+
+    counters, gauges, histograms = points.take()
+    assert counters == {} and gauges == {}  # nothing new to send
+    assert len(histograms) == 1  # but a histogram is sent again at every flush
+    points.add("stage_latency_ms", "histogram", 3.0, {"stage": "queue"})
+    [(buckets, count, _)] = points.take()[2].values()
+    assert dict(buckets)["5"] == 4 and count == 5  # cumulative since the process started
+
+
 def test_recording_outside_ray_never_raises():
     m = Metrics()
     m.predict_answered("m", "1", "production", 200, 12.0, 1, {"total_ms": 12.0})
     m.inc("shed", model="m", version="1")
+    m.flush()  # outside Ray: dropped, and no Ray started
 
 
 def test_docs_list_every_metric_and_the_dashboard_is_current():
