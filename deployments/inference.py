@@ -118,7 +118,7 @@ class BatchedModel:
         A group's images go to the run threads in one share per thread, and a thread runs its
         share one image after another: one hand-off per share, not per image. Each hand-off costs a
         future, a thread wake-up and a wait for the GIL on the way back, which on a 2-core EPYC
-        weighed more than the spread: shares gave the fast model 1.08 x the img/s at concurrency 8
+        weighed more than the spread: shares gave the fast model 1.04 x the img/s at concurrency 8
         (load_tests/app_ab.py, README). Serve's batch queue would only add its own hand-offs.
         """
         step = -(-len(images) // self.max_concurrent_batches)
