@@ -110,13 +110,14 @@ class LocalHistogram:
     """One histogram series, cumulative since this process started (as Prometheus expects)."""
 
     boundaries: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)  # per bucket, the last one above every boundary
+    counts: list[int] = field(init=False)  # per bucket, the last one above every boundary
     count: int = 0
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.boundaries) + 1)
+
     def observe(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.boundaries) + 1)
         self.counts[bisect.bisect_left(self.boundaries, value)] += 1  # le: value <= boundary
         self.count += 1
         self.total += value
