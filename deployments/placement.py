@@ -6,26 +6,23 @@ node so that placement is visible (`GET /v1/models/{name}`) and provable per req
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from ray.serve.handle import DeploymentHandle
+
+_known: dict | None = None  # this process's node, once Ray has said: a process never changes node
 
 
 def node_info() -> dict:
-    import ray
+    """{"node_id", "labels"} of this process's node (asked a few times a request: cached)."""
+    global _known
+    if _known is None:
+        import ray
 
-    if not ray.is_initialized():  # outside Ray (unit tests): asking would start a Ray of its own
-        return {"node_id": None, "labels": {}}
-    return _node_info()
-
-
-@lru_cache(maxsize=1)
-def _node_info() -> dict:
-    import ray
-
-    ctx = ray.get_runtime_context()
-    labels = {k: v for k, v in ctx.get_node_labels().items() if not k.startswith("ray.io/")}
-    return {"node_id": ctx.get_node_id(), "labels": labels}
+        if not ray.is_initialized():  # outside Ray (unit tests): asking would start a Ray of its own
+            return {"node_id": None, "labels": {}}
+        ctx = ray.get_runtime_context()
+        labels = {k: v for k, v in ctx.get_node_labels().items() if not k.startswith("ray.io/")}
+        _known = {"node_id": ctx.get_node_id(), "labels": labels}
+    return _known
 
 
 def node_id() -> str:

@@ -112,7 +112,7 @@ class Preprocess:
 
     async def answer(self, request: Request, rid: str) -> Response:
         t0 = time.perf_counter()
-        path = request.url.path
+        path = request.scope["path"]  # request.url would build (and parse) the whole URL: ~20 us
         # Under a route_prefix other than "/", Serve passes it as root_path.
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):

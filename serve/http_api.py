@@ -7,12 +7,12 @@ ingress) calls them, and they are unit-tested on their own.
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 import re
-import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,9 +22,16 @@ from deployments.predict_params import number
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 
 
+def json_bytes(body) -> bytes:
+    """Compact JSON. orjson, not json: this runs on the event loop for every answer, and a
+    detection answer took json 17 us against orjson's 1.3 (2-core EPYC). NaN and infinities come
+    out as null (json would write the invalid `NaN`); int keys (batch sizes) as strings, as json."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")).encode(),
+        json_bytes(body),
         status_code=status,
         media_type="application/json",
         headers=headers,
@@ -38,8 +45,15 @@ def error_response(err: DataPlaneError, request_id: str | None = None) -> Respon
     return json_response(body, err.status, err.headers)
 
 
+# Request ids need to be unique, not secret. uuid4 reads os.urandom, which releases the GIL:
+# on the event loop of a busy replica every release is a wait to take it back from the decode
+# and run threads (py-spy --gil: ~35 us a request on a 2-core EPYC). A Mersenne Twister seeded
+# from os.urandom (per process; Python reseeds it after fork) makes 128 random bits without one.
+_ids = random.Random()
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def request_id(request: Request) -> str:

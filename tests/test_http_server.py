@@ -13,6 +13,7 @@ import pytest
 from starlette.responses import JSONResponse
 
 from serve.app_deploy import free_port
+from serve.http_api import new_request_id
 from serve.http_server import IngressHttpServer
 
 HEADER_TIMEOUT_S = 0.5
@@ -120,3 +121,9 @@ def test_more_connections_than_the_per_client_limit_get_a_json_503(server_port):
     finally:
         for s in held:
             s.close()
+
+
+def test_new_request_ids_are_32_hex_digits_and_do_not_repeat():
+    ids = [new_request_id() for _ in range(20000)]
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 and rid == rid.lower() for rid in ids)
+    assert len(set(ids)) == len(ids)

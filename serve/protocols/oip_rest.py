@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from deployments.dataplane import RequestRecord
 from deployments.errors import DataPlaneError
-from serve.http_api import json_response, latency_budget_s, read_body, routes
+from serve.http_api import json_bytes, json_response, latency_budget_s, read_body, routes
 from serve.protocols.oip import (
     EXTENSIONS,
     SERVER_NAME,
@@ -155,7 +155,7 @@ def encode_infer_response(answer: InferResponse, req: InferRequest) -> Response:
         outputs.append(entry)
     doc = {"model_name": answer.model, "model_version": answer.version, "id": answer.id,
            "parameters": answer.parameters, "outputs": outputs}
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json_bytes(doc)
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(b"".join([head, *chunks]), media_type="application/octet-stream",
