@@ -6,6 +6,7 @@
     .venv/bin/python -m load_tests.cpu_probes idle [--seconds 30]         # make up's Ray processes, idle
     .venv/bin/python -m load_tests.cpu_probes threads [--concurrency 1]   # served: CPU per request by thread
     .venv/bin/python -m load_tests.cpu_probes ab --a '{...}' --b '{...}'  # two batching configs, paired
+    .venv/bin/python -m load_tests.cpu_probes gil [--concurrency 8]      # served: who holds the GIL, for what
 """
 
 from __future__ import annotations
@@ -212,9 +213,58 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+def gil(concurrency: int, seconds: float) -> None:
+    """The served fast model under closed-loop wrk load, its ingress replica sampled by
+    `py-spy record --gil` (only the thread holding the GIL is sampled): the share of GIL samples
+    per thread, and, within the event loop's thread, per function (inclusive). On 2 cores the
+    GIL-holding Python of the loop is what the decode and run threads wait for. Sampling slows
+    the replica (py-spy pauses it 100 times a second), so read shares, not times."""
+    os.environ.update(RAY_TUNING_ENV)
+    cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, {}, num_cpus=4, stages="in_process")
+    out = Path(tempfile.mkdtemp(prefix="vrprobe"))
+    try:
+        cluster.deploy(autoscaling=False)
+        run_load("wrk", cluster.url, "fast", concurrency, 5, FAST_IMAGE, out / "warmup")
+        ingress = max((p for p in cluster.processes() if process_kind(p) == "Pipeline"),
+                      key=lambda p: sum(p.cpu_times()[:2]))
+        spy = Path(sys.executable).with_name("py-spy")
+        command = [str(spy), "record", "--pid", str(ingress.pid), "--gil", "--threads", "--rate", "100",
+                   "--duration", str(int(seconds)), "--format", "raw", "--output", str(out / "gil.txt")]
+        record = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        load = run_load("wrk", cluster.url, "fast", concurrency, seconds + 2, FAST_IMAGE, out / "load")
+        record.wait(timeout=seconds + 60)
+    finally:
+        cluster.shutdown()
+    by_thread: dict[str, int] = {}
+    loop: dict[str, int] = {}
+    loop_total = 0
+    for line in (out / "gil.txt").read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        # "thread (tid): name"; numbered pool threads as one row
+        thread = re.sub(r"_\d+$", "_*", re.sub(r"^thread \([^)]*\): ", "", frames[0]))
+        by_thread[thread] = by_thread.get(thread, 0) + int(count)
+        if "_run_user_code_event_loop" in thread:
+            loop_total += int(count)
+            for function in {re.sub(r" \(.*", "", f) for f in frames[1:]}:
+                loop[function] = loop.get(function, 0) + int(count)
+    total = sum(by_thread.values()) or 1
+    print(f"served fast model, concurrency {concurrency}, {load.rps:.1f} req/s while sampled; "
+          f"GIL samples by thread:")
+    for thread, n in sorted(by_thread.items(), key=lambda kv: -kv[1]):
+        if n / total >= 0.002:
+            print(f"  {n / total:6.1%}  {thread}")
+    print("within the event loop's thread, by function (inclusive, >= 1 %):")
+    for function, n in sorted(loop.items(), key=lambda kv: -kv[1]):
+        if n / max(loop_total, 1) >= 0.01 and not function.startswith(("Thread.", "UserCallableWrapper")):
+            print(f"  {n / max(loop_total, 1):6.1%}  {function}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab"])
+    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab", "gil"])
     ap.add_argument("--model", type=Path, default=FAST_MODEL)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=1)
@@ -231,7 +281,8 @@ def main() -> int:
      "idle": lambda: idle(args.seconds),
      "threads": lambda: threads(args.concurrency, args.seconds, args.client, args.app_args,
                                         args.user_config, args.replicas),
-     "ab": lambda: ab(args.a, args.b, args.concurrency, args.pairs, args.seconds)}[args.probe]()
+     "ab": lambda: ab(args.a, args.b, args.concurrency, args.pairs, args.seconds),
+     "gil": lambda: gil(args.concurrency, args.seconds)}[args.probe]()
     return 0
 
 
