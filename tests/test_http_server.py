@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -127,3 +128,15 @@ def test_new_request_ids_are_32_hex_digits_and_do_not_repeat():
     ids = [new_request_id() for _ in range(20000)]
     assert all(len(rid) == 32 and int(rid, 16) >= 0 and rid == rid.lower() for rid in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_request_ids():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != new_request_id()
