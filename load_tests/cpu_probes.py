@@ -125,6 +125,11 @@ def _thread_cpu_s(pid: int) -> dict[int, float]:
     return out
 
 
+def _busiest_ingress(procs: list[psutil.Process]) -> psutil.Process:
+    """The Pipeline replica that has used the most CPU (the one the warm-up load went to)."""
+    return max((p for p in procs if process_kind(p) == "Pipeline"), key=lambda p: sum(p.cpu_times()[:2]))
+
+
 def _thread_names(pid: int) -> dict[int, str]:
     """Thread id -> Python thread name, from py-spy (Ray names every OS thread of a worker alike;
     threads without Python frames, ORT's pool and Ray's C++ threads, are not listed)."""
@@ -149,7 +154,7 @@ def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_
         out = Path(tempfile.mkdtemp(prefix="vrprobe"))
         run_load(client, cluster.url, "fast", concurrency, 5, FAST_IMAGE, out / "warmup")
         procs = cluster.processes()
-        ingress = max((p for p in procs if process_kind(p) == "Pipeline"), key=lambda p: sum(p.cpu_times()[:2]))
+        ingress = _busiest_ingress(procs)
         before, threads0, machine0 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
         load = run_load(client, cluster.url, "fast", concurrency, seconds, FAST_IMAGE, out / "load")
         after, threads1, machine1 = cpu_seconds(procs), _thread_cpu_s(ingress.pid), psutil.cpu_times()
@@ -225,8 +230,7 @@ def gil(concurrency: int, seconds: float) -> None:
     try:
         cluster.deploy(autoscaling=False)
         run_load("wrk", cluster.url, "fast", concurrency, 5, FAST_IMAGE, out / "warmup")
-        ingress = max((p for p in cluster.processes() if process_kind(p) == "Pipeline"),
-                      key=lambda p: sum(p.cpu_times()[:2]))
+        ingress = _busiest_ingress(cluster.processes())
         spy = Path(sys.executable).with_name("py-spy")
         command = [str(spy), "record", "--pid", str(ingress.pid), "--gil", "--threads", "--rate", "100",
                    "--duration", str(int(seconds)), "--format", "raw", "--output", str(out / "gil.txt")]
@@ -257,9 +261,10 @@ def gil(concurrency: int, seconds: float) -> None:
         if n / total >= 0.002:
             print(f"  {n / total:6.1%}  {thread}")
     print("within the event loop's thread, by function (inclusive, >= 1 %):")
+    loop_total = max(loop_total, 1)
     for function, n in sorted(loop.items(), key=lambda kv: -kv[1]):
-        if n / max(loop_total, 1) >= 0.01 and not function.startswith(("Thread.", "UserCallableWrapper")):
-            print(f"  {n / max(loop_total, 1):6.1%}  {function}")
+        if n / loop_total >= 0.01 and not function.startswith(("Thread.", "UserCallableWrapper")):
+            print(f"  {n / loop_total:6.1%}  {function}")
 
 
 def main() -> int:
