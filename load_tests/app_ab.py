@@ -27,6 +27,7 @@ from load_tests.bench import (
     machine,
     run_wrk,
     safe_cmdline,
+    settle,
 )
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
 from serve.platform import RAY_TUNING_ENV
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         apps = []
         for side in ports:
-            app = app_config(side, f"/{side}", models, http_port=ports[side], backend=backend,
-                             **(args.a if side == "a" else args.b))
+            app_args = dict(args.a if side == "a" else args.b)
+            app = app_config(side, f"/{side}", models, http_port=ports[side],
+                             backend={**backend, **app_args.pop("backend", {})}, **app_args)
             env = args.a_env if side == "a" else args.b_env
             if env:
                 app["runtime_env"] = {"env_vars": env}
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             run_wrk(f"http://127.0.0.1:{ports[side]}/v1/models/det/predict", image, args.concurrency, 3)
         for i in range(args.rounds):
             for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
+                settle()  # the other app's dropped in-flight requests finish first
                 before, before_own = _cpu_s(own[side]) + _cpu_s(shared), _cpu_s(own[side])
                 s = run_wrk(f"http://127.0.0.1:{ports[side]}/v1/models/det/predict", image,
                             args.concurrency, args.duration)

@@ -79,6 +79,9 @@ class Row:
     cpu_breakdown: dict | None = None
     # The load generator's CPU ms per request (HTTP rows; not in cpu_ms_per_req).
     client_cpu_ms: float | None = None
+    # Each round's img/s and CPU ms per request, in round order (rounds of all setups alternate).
+    round_img_s: list[float] | None = None
+    round_cpu_ms: list[float] | None = None
 
 
 FAST_MODEL, FAST_IMAGE = DEMO / "detector.onnx", DEMO / "samples" / "shapes_640x480.jpg"
@@ -104,8 +107,6 @@ def default_workloads() -> list[tuple[str, Path, Path]]:
 
 def median_row(runs: list[Row]) -> Row:
     """One row from several rounds of one setup: medians, errors summed, the median-CPU run's breakdown."""
-    if len(runs) == 1:
-        return runs[0]
     by_cpu = sorted(runs, key=lambda r: r.cpu_ms_per_req)
     mid = by_cpu[len(by_cpu) // 2]
 
@@ -114,7 +115,20 @@ def median_row(runs: list[Row]) -> Row:
 
     return Row(mid.model, mid.setup, mid.concurrency, sum(r.requests for r in runs), med("img_s"), med("p50_ms"),
                med("p95_ms"), med("p99_ms"), sum(r.errors for r in runs), med("cpu_ms_per_req"), mid.cpu_breakdown,
-               None if mid.client_cpu_ms is None else med("client_cpu_ms"))
+               None if mid.client_cpu_ms is None else med("client_cpu_ms"),
+               [r.img_s for r in runs], [r.cpu_ms_per_req for r in runs])
+
+
+def paired_ratio(row: Row, ref: Row, attr: str) -> float:
+    """row ÷ ref for `attr` ("img_s" or "cpu_ms"): the median of the per-round ratios, where both ran
+    the same rounds. Round i of every setup runs within the same minute, so a ratio within a round
+    cancels this shared VM's drift (±15-25 % over minutes), which a ratio of medians across rounds
+    does not. Otherwise (different rounds, e.g. the slow model's lone runs): the medians' ratio."""
+    mine, theirs = getattr(row, f"round_{attr}"), getattr(ref, f"round_{attr}")
+    if mine and theirs and len(mine) == len(theirs):
+        return statistics.median(a / b for a, b in zip(mine, theirs))
+    field = "img_s" if attr == "img_s" else "cpu_ms_per_req"
+    return getattr(row, field) / getattr(ref, field)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,12 +140,33 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
+def settle(max_wait_s: float = 15.0, window_s: float = 0.3, busy_below: float = 0.25) -> float:
+    """Wait until the machine is nearly idle (under `busy_below` of its cores busy over a window);
+    returns the seconds waited.
+
+    wrk stops at its duration with a request in flight on every connection and drops them, but
+    the server still computes them: at the slow model's concurrency 8 that is ~8 runs of 80-130 ms
+    of CPU. Without this wait that work lands in the next measurement (the next round, or the
+    measured run right after the warm-up), whichever setup it is.
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait_s:
+        before = psutil.cpu_times()
+        time.sleep(window_s)
+        after = psutil.cpu_times()
+        busy = sum(after) - after.idle - after.iowait - (sum(before) - before.idle - before.iowait)
+        if busy / (window_s * (psutil.cpu_count() or 1)) < busy_below:
+            break
+    return time.perf_counter() - t0
+
+
 def in_process(label: str, pipeline: LocalPipeline, data: bytes, concurrency: int, duration_s: float,
                setup: str = "in-process") -> Row:
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0]
     for _ in range(3):
         pipeline(data)
+    settle()
     deadline = time.perf_counter() + duration_s
 
     def worker(mine: list[float]) -> None:
@@ -377,7 +412,8 @@ def served(label: str, setup: str, server: ServedCluster | PlainServer, image: P
     """
     name = f"{label}_{setup.replace(' ', '-').replace(',', '')}_c{concurrency}"
     connections = max(1, concurrency // oip_batch) if oip_batch else concurrency
-    run_load(client, server.url, label, connections, 5, image, out_dir / f"warmup_{name}", oip_batch)
+    run_load(client, server.url, label, connections, 3, image, out_dir / f"warmup_{name}", oip_batch)
+    settle()
     procs = server.processes()
     before = cpu_seconds(procs)
     load = run_load(client, server.url, label, connections, duration_s, image, out_dir / name, oip_batch)
@@ -480,8 +516,8 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
     table = []
     for r in rows:
         ref = limit.get((r.model, r.concurrency)) or limit[(r.model, 1)]
-        table.append({**asdict(r), "img_s_ratio": r.img_s / ref.img_s, "p50_ratio": r.p50_ms / ref.p50_ms,
-                      "cpu_ratio": r.cpu_ms_per_req / ref.cpu_ms_per_req})
+        table.append({**asdict(r), "img_s_ratio": paired_ratio(r, ref, "img_s"), "p50_ratio": r.p50_ms / ref.p50_ms,
+                      "cpu_ratio": paired_ratio(r, ref, "cpu_ms")})
     checks = []
     for model in dict.fromkeys(r.model for r in rows):
         mine = {(r.setup, r.concurrency): r for r in rows if r.model == model}
@@ -497,12 +533,12 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
             checks.append(f"{'PASS' if ok else 'FAIL'} {kind}: {text}")
 
         if served8 is not None and (model, 8) in limit:
-            ratio = served8.img_s / limit[(model, 8)].img_s
+            ratio = paired_ratio(served8, limit[(model, 8)], "img_s")
             check(ratio >= targets["c8_ratio"], f"concurrency 8 throughput {served8.img_s:.1f} img/s = {ratio:.2f} x "
                   f"in-process (target >= {targets['c8_ratio']})")
             plain8 = mine.get(("plain server", 8))
             if "c8_vs_plain" in targets and plain8 is not None:
-                ratio = served8.img_s / plain8.img_s
+                ratio = paired_ratio(served8, plain8, "img_s")
                 check(ratio >= targets["c8_vs_plain"], f"concurrency 8 throughput = {ratio:.2f} x the plain "
                       f"server's {plain8.img_s:.1f} img/s (target >= {targets['c8_vs_plain']})")
         if served1 is not None:
@@ -514,7 +550,7 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
                   f"{ref.p50_ms:.1f} + {extra:.1f} ms (target <= + {targets['c1_p50_extra_ms']:.0f} ms)")
         if "cpu_ratio" in targets:
             for c, r in sorted((c, r) for (setup, c), r in mine.items() if setup == "served"):
-                ratio = r.cpu_ms_per_req / limit[(model, c)].cpu_ms_per_req
+                ratio = paired_ratio(r, limit[(model, c)], "cpu_ms")
                 check(ratio <= targets["cpu_ratio"], f"concurrency {c} CPU {r.cpu_ms_per_req:.1f} ms/request = "
                       f"{ratio:.2f} x in-process (target <= {targets['cpu_ratio']})")
     errors = sum(r.errors for r in rows if r.setup.startswith("served"))
@@ -527,7 +563,8 @@ def markdown(meta: dict, table: list[dict], checks: list[str], autoscale: dict |
         f"### Benchmark {meta['date']} — {meta['machine']}",
         "",
         f"Models {meta['models']}, providers {meta['providers']}, ORT intra-op threads "
-        f"{meta['intra_op_threads']}, {meta['duration_s']:.0f} s per point × {meta['rounds']} rounds (medians), "
+        f"{meta['intra_op_threads']}, {meta['duration_s']:.0f} s per point × {meta['rounds']} rounds "
+        "(medians; ratios: medians of the per-round ratios), "
         f"stages `{meta['stages']}`, load from {meta.get('client', 'locust')}"
         f"{', env ' + ' '.join(meta['env']) if meta['env'] else ''}, inference batching "
         f"`{json.dumps(meta['inference_user_config'])}`.",
@@ -568,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="one model instead of the default fast + slow pair")
     ap.add_argument("--image", type=Path, help="its image (default: the demo sample)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="the sweep (default: 1 8)")
-    ap.add_argument("--duration", type=float, default=15, help="seconds per point and round")
-    ap.add_argument("--rounds", type=int, default=2, help="turns each setup takes per point (median reported)")
+    ap.add_argument("--duration", type=float, default=8, help="seconds per point and round")
+    ap.add_argument("--rounds", type=int, default=4, help="turns each setup takes per point (medians reported)")
     ap.add_argument("--device", choices=sorted(DEVICE_PROVIDERS), default="cpu")
     ap.add_argument("--stages", choices=["in_process", "deployments"], default="in_process",
                     help="serve/config.yaml's app (default) or serve/edge.yaml's (stages as deployments)")
