@@ -44,3 +44,18 @@ def test_compare_passes_and_fails_on_the_paired_ratios():
     assert any(c.startswith("FAIL") and "concurrency 1 CPU" in c and "1.40 x" in c for c in checks)
     served_row = next(r for r in table if r["setup"] == "served" and r["concurrency"] == 8)
     assert abs(served_row["img_s_ratio"] - 0.86) < 1e-9
+
+
+def test_the_slow_models_lone_request_is_checked_against_its_best_thread_count_round_by_round():
+    one = rounds("slow", "in-process", 1, [10.0, 10.0, 10.0], [90.0, 90.0, 90.0])
+    two = rounds("slow", "in-process 2 threads", 1, [12.0, 12.0, 12.0], [110.0, 110.0, 110.0])
+    one.round_p50_ms, one.p50_ms = [90.0, 100.0, 80.0], 90.0
+    two.round_p50_ms, two.p50_ms = [70.0, 80.0, 75.0], 75.0
+    served = rounds("slow", "served", 1, [12.0, 12.0, 12.0], [120.0, 120.0, 120.0])
+    served.round_p50_ms, served.p50_ms = [76.0, 90.0, 79.0], 79.0  # + 6, + 10, + 4 over 2 threads
+    _, checks = compare([one, two, served])
+    (line,) = [c for c in checks if "concurrency 1 p50" in c]
+    assert line.startswith("PASS") and "in-process 2 threads 75.0 ms: +6.0 ms" in line
+    served.round_p50_ms = [80.0, 90.0, 85.0]  # + 10, + 10, + 10
+    _, checks = compare([one, two, served])
+    assert any(c.startswith("FAIL") and "+10.0 ms" in c for c in checks)
