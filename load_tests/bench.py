@@ -534,7 +534,10 @@ def compare(rows: list[Row]) -> tuple[list[dict], list[str]]:
     limit = {(r.model, r.concurrency): r for r in rows if r.setup == "in-process"}
     table = []
     for r in rows:
-        ref = limit.get((r.model, r.concurrency)) or limit[(r.model, 1)]
+        # A row at a concurrency with no limit of its own (the cores-threads reference) is compared
+        # with the limit at the model's top concurrency.
+        ref = limit.get((r.model, r.concurrency)) or max((v for (m, _), v in limit.items() if m == r.model),
+                                                         key=lambda v: v.concurrency)
         table.append({**asdict(r), "img_s_ratio": paired_ratio(r, ref, "img_s"), "p50_ratio": r.p50_ms / ref.p50_ms,
                       "cpu_ratio": paired_ratio(r, ref, "cpu_ms")})
     checks = []
@@ -675,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
 
     rows: list[Row] = []
+    cores = len(os.sched_getaffinity(0))
     pipelines = {label: LocalPipeline(model, BackendSettings(providers=providers,
                                                              intra_op_threads=args.intra_op_threads))
                  for label, model, _ in workloads}
@@ -708,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                         args.duration))
                     for setup, lone in lone_pipelines.items() if c == 1 else ():
                         runs.setdefault(setup, []).append(in_process(label, lone, data, 1, args.duration, setup))
+                    if c == max(args.concurrency) and c > cores:
+                        # A reference, no target: as many threads as cores, not one per request in
+                        # flight (8 threads on 2 cores pay for their switches; see the README).
+                        setup = f"in-process, {cores} threads"
+                        runs.setdefault(setup, []).append(in_process(label, pipelines[label], data, cores,
+                                                                     args.duration, setup))
                     if label in plains:
                         runs.setdefault("plain server", []).append(
                             served(label, "plain server", plains[label], image, c, args.duration, out_dir,

@@ -7,6 +7,7 @@
     .venv/bin/python -m load_tests.cpu_probes threads [--concurrency 1]   # served: CPU per request by thread
     .venv/bin/python -m load_tests.cpu_probes ab --a '{...}' --b '{...}'  # two batching configs, paired
     .venv/bin/python -m load_tests.cpu_probes gil [--concurrency 8]      # served: who holds the GIL, for what
+    .venv/bin/python -m load_tests.cpu_probes inproc-threads [--seconds 8]  # the in-process loop, 1-8 threads
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +79,44 @@ def gaps(n: int = 500, pause_s: float = 0.004) -> None:
             if pause:
                 time.sleep(pause)
         print(f"decode + model + NMS, pause {pause * 1000:.0f} ms between requests: {cpu * 1000 / n:.2f} ms of CPU")
+
+
+def inproc_threads(seconds: float, counts: tuple[int, ...] = (2, 8, 3, 1), rounds: int = 3) -> None:
+    """The fast pipeline's in-process loop (the bench's limit) at several thread counts, in turns:
+    img/s, CPU per image, and each step's CPU (the threads' own clocks)."""
+    pipeline = LocalPipeline(FAST_MODEL, BackendSettings(intra_op_threads=1))
+    spec, data = pipeline.resolved.spec, FAST_IMAGE.read_bytes()
+    for _ in range(3):
+        pipeline(data)
+
+    def worker(deadline: float, totals: list[float], lock: threading.Lock) -> None:
+        mine = [0.0, 0.0, 0.0, 0]
+        while time.perf_counter() < deadline:
+            c0 = time.thread_time()
+            img, meta = prepare_image(decode_image(data), spec.preprocessing)
+            c1 = time.thread_time()
+            out = yolo_candidates(pipeline.model.run([img])[0], pipeline.params.conf)
+            c2 = time.thread_time()
+            postprocess(pipeline.resolved, pipeline.model.outputs_probabilities, out, meta, pipeline.params)
+            mine = [mine[0] + c1 - c0, mine[1] + c2 - c1, mine[2] + time.thread_time() - c2, mine[3] + 1]
+        with lock:
+            for i, v in enumerate(mine):
+                totals[i] += v
+
+    for r in range(rounds):
+        for count in counts:
+            totals, lock = [0.0, 0.0, 0.0, 0], threading.Lock()
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            workers = [threading.Thread(target=worker, args=(t0 + seconds, totals, lock)) for _ in range(count)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            n, elapsed = max(totals[3], 1), time.perf_counter() - t0
+            print(f"round {r + 1}, {count} thread(s): {n / elapsed:.1f} img/s, "
+                  f"{(time.process_time() - cpu0) * 1000 / n:.2f} ms of CPU per image (decode + letterbox "
+                  f"{totals[0] * 1000 / n:.2f}, model + candidates {totals[1] * 1000 / n:.2f}, "
+                  f"NMS {totals[2] * 1000 / n:.2f})", flush=True)
 
 
 def clients(seconds: float = 10, concurrency: int = 8) -> None:
@@ -269,7 +309,8 @@ def gil(concurrency: int, seconds: float) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab", "gil"])
+    ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab", "gil",
+                                          "inproc-threads"])
     ap.add_argument("--model", type=Path, default=FAST_MODEL)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=1)
@@ -287,7 +328,8 @@ def main() -> int:
      "threads": lambda: threads(args.concurrency, args.seconds, args.client, args.app_args,
                                         args.user_config, args.replicas),
      "ab": lambda: ab(args.a, args.b, args.concurrency, args.pairs, args.seconds),
-     "gil": lambda: gil(args.concurrency, args.seconds)}[args.probe]()
+     "gil": lambda: gil(args.concurrency, args.seconds),
+     "inproc-threads": lambda: inproc_threads(args.seconds)}[args.probe]()
     return 0
 
 

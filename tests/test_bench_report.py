@@ -59,3 +59,12 @@ def test_the_slow_models_lone_request_is_checked_against_its_best_thread_count_r
     served.round_p50_ms = [80.0, 90.0, 85.0]  # + 10, + 10, + 10
     _, checks = compare([one, two, served])
     assert any(c.startswith("FAIL") and "+10.0 ms" in c for c in checks)
+
+
+def test_the_cores_threads_reference_row_is_compared_with_the_top_concurrency():
+    limit8 = rounds("fast", "in-process", 8, [100.0, 80.0], [5.0, 6.0])
+    limit1 = rounds("fast", "in-process", 1, [60.0, 50.0], [5.0, 6.0])
+    cores = rounds("fast", "in-process, 2 threads", 2, [120.0, 96.0], [4.5, 5.4])
+    table, _ = compare([limit1, limit8, cores])
+    row = next(r for r in table if r["setup"] == "in-process, 2 threads")
+    assert abs(row["img_s_ratio"] - 1.2) < 1e-9 and abs(row["cpu_ratio"] - 0.9) < 1e-9
