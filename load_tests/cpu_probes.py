@@ -4,6 +4,7 @@
     .venv/bin/python -m load_tests.cpu_probes gaps                        # back to back vs with pauses
     .venv/bin/python -m load_tests.cpu_probes clients                     # wrk's vs locust's CPU per request
     .venv/bin/python -m load_tests.cpu_probes idle [--seconds 30]         # make up's Ray processes, idle
+    .venv/bin/python -m load_tests.cpu_probes idle-served [--seconds 30]  # the bench's cluster, app up, idle
     .venv/bin/python -m load_tests.cpu_probes threads [--concurrency 1]   # served: CPU per request by thread
     .venv/bin/python -m load_tests.cpu_probes ab --a '{...}' --b '{...}'  # two batching configs, paired
     .venv/bin/python -m load_tests.cpu_probes gil [--concurrency 8]      # served: who holds the GIL, for what
@@ -117,6 +118,24 @@ def inproc_threads(seconds: float, counts: tuple[int, ...] = (2, 8, 3, 1), round
                   f"{(time.process_time() - cpu0) * 1000 / n:.2f} ms of CPU per image (decode + letterbox "
                   f"{totals[0] * 1000 / n:.2f}, model + candidates {totals[1] * 1000 / n:.2f}, "
                   f"NMS {totals[2] * 1000 / n:.2f})", flush=True)
+
+
+def idle_served(seconds: float) -> None:
+    """The bench's served cluster with the fast app deployed and no load: ms of CPU a second by
+    process (the actors included, unlike `idle`)."""
+    os.environ.update(RAY_TUNING_ENV)
+    cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, {}, num_cpus=4, stages="in_process")
+    try:
+        cluster.deploy(autoscaling=False)
+        time.sleep(10)  # start-up's last work
+        procs = cluster.processes()
+        before = cpu_seconds(procs)
+        time.sleep(seconds)
+        per_s = cpu_ms_per_request_by_kind(before, cpu_seconds(procs), seconds)  # "per request" = per second
+    finally:
+        cluster.shutdown()
+    print(f"idle, {seconds:.0f} s: {sum(per_s.values()):.1f} ms of CPU a second: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in sorted(per_s.items(), key=lambda kv: -kv[1]) if v >= 0.05))
 
 
 def clients(seconds: float = 10, concurrency: int = 8) -> None:
@@ -310,7 +329,7 @@ def gil(concurrency: int, seconds: float) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("probe", choices=["ort-threads", "gaps", "clients", "idle", "threads", "ab", "gil",
-                                          "inproc-threads"])
+                                          "inproc-threads", "idle-served"])
     ap.add_argument("--model", type=Path, default=FAST_MODEL)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--concurrency", type=int, default=1)
@@ -329,7 +348,8 @@ def main() -> int:
                                         args.user_config, args.replicas),
      "ab": lambda: ab(args.a, args.b, args.concurrency, args.pairs, args.seconds),
      "gil": lambda: gil(args.concurrency, args.seconds),
-     "inproc-threads": lambda: inproc_threads(args.seconds)}[args.probe]()
+     "inproc-threads": lambda: inproc_threads(args.seconds),
+     "idle-served": lambda: idle_served(args.seconds)}[args.probe]()
     return 0
 
 
