@@ -45,7 +45,7 @@ from pathlib import Path
 import psutil
 
 from deployments.local_pipeline import LocalPipeline
-from deployments.onnx_backend import BackendSettings
+from deployments.onnx_backend import BackendSettings, cores_available
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
 from serve.platform import RAY_TUNING_ENV
 
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
 
     rows: list[Row] = []
-    cores = len(os.sched_getaffinity(0))
+    cores = cores_available()
     pipelines = {label: LocalPipeline(model, BackendSettings(providers=providers,
                                                              intra_op_threads=args.intra_op_threads))
                  for label, model, _ in workloads}
