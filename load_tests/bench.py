@@ -149,9 +149,9 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def settle(max_wait_s: float = 15.0, window_s: float = 0.3, busy_below: float = 0.25) -> float:
-    """Wait until the machine is nearly idle (under `busy_below` of its cores busy over a window);
-    returns the seconds waited.
+def settle(max_wait_s: float = 15.0, window_s: float = 0.3, busy_below: float = 0.25) -> None:
+    """Wait until the machine is nearly idle (under `busy_below` of its cores busy over a window),
+    at most `max_wait_s`.
 
     wrk stops at its duration with a request in flight on every connection and drops them, but
     the server still computes them: at the slow model's concurrency 8 that is ~8 runs of 80-130 ms
@@ -165,8 +165,7 @@ def settle(max_wait_s: float = 15.0, window_s: float = 0.3, busy_below: float = 
         after = psutil.cpu_times()
         busy = sum(after) - after.idle - after.iowait - (sum(before) - before.idle - before.iowait)
         if busy / (window_s * (psutil.cpu_count() or 1)) < busy_below:
-            break
-    return time.perf_counter() - t0
+            return
 
 
 def lone_cpu_ms(pipeline: LocalPipeline, data: bytes, calls: int = 5) -> float:
@@ -702,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             if lone_cpu_ms(pipelines[label], data) > FAST_MODEL_CPU_MS:
                 lone_pipelines = {f"in-process {threads} threads": LocalPipeline(
                     model, BackendSettings(providers=providers, intra_op_threads=threads))
-                    for threads in range(1, (os.cpu_count() or 1) + 1) if threads != args.intra_op_threads}
+                    for threads in range(1, cores + 1) if threads != args.intra_op_threads}
             for c in args.concurrency:
                 # The setups take turns, round after round, so a slow minute of a shared machine
                 # lands on all of them; each row is the median of its rounds.
