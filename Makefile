@@ -28,10 +28,17 @@ $(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS))
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The suite in a shuffled order (pytest-random-order): every test module must pass in any order.
+.PHONY: test-shuffled
+test-shuffled: $(STAMP)
+	$(BIN)/python -m pytest --random-order
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 .PHONY: up down status
 up: $(STAMP)

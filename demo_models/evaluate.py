@@ -191,8 +191,8 @@ def evaluate_classifier(predict_fn: PredictFn, n_images: int = 200, seed: int = 
 
 def onnx_predict_fn(path: str | Path = DETECTOR_PATH, intra_op_threads: int = 2) -> PredictFn:
     """bytes -> the service's result for one image, via the same functions the Serve stages call."""
-    from deployments.local_pipeline import LocalPipeline
-    from deployments.onnx_backend import BackendSettings
+    from core.local_pipeline import LocalPipeline
+    from core.onnx_backend import BackendSettings
 
     return LocalPipeline(path, BackendSettings(intra_op_threads=intra_op_threads))
 

@@ -44,6 +44,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.model_spec import PRESET_METADATA_KEY, preset, spec_from_onnx
+from core.onnx_backend import OnnxModel
+from core.preprocessing import InputNormaliser, prepare_image
 from demo_models.shapes import (
     CLASS_NAMES,
     DET_MAX_OBJECTS,
@@ -53,9 +56,6 @@ from demo_models.shapes import (
     make_detection_sample,
     sample_rng,
 )
-from deployments.model_spec import PRESET_METADATA_KEY, preset, spec_from_onnx
-from deployments.onnx_backend import OnnxModel
-from deployments.preprocessing import InputNormaliser, prepare_image
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,6 +1,8 @@
-"""The three pipeline stages (preprocess, inference, postprocess) and their numeric cores.
+"""What runs inside Ray Serve replicas, below the protocols.
 
-Modules without a Ray import (image_codec, preprocessing, postprocessing, model_spec,
-onnx_backend) hold all numeric work; the Ray Serve classes in preprocess/inference/
-postprocess are thin wrappers around them.
+The typed configuration (config.py), the data plane every protocol calls (dataplane.py), which
+version serves (alias_watcher.py, model_versions.py), the inference and postprocess stages as
+Serve deployments (inference_stage.py, postprocess_stage.py) and how the ingress reaches them
+(stage_links.py), placement on nodes, metrics, and every private Ray API in one place
+(ray_compat.py). Numeric work lives below, in core/.
 """

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from core.text import one_line
 from deployments.metrics import METRICS
 from model_registry.source import ModelSource, RegistryUnavailable, ResolvedModel
 
@@ -146,10 +147,3 @@ class AliasWatcher:
             for alias, models in self.catalog.items()
             for name in models
         )
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    # Errors raised in another replica arrive wrapped with a traceback; keep the cause.
-    lines = [line for line in text.splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]

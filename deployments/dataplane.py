@@ -7,7 +7,7 @@
 The /v1 HTTP API (serve/protocols/v1_http.py), the Open Inference Protocol over REST
 (oip_rest.py) and gRPC (oip_grpc.py), and camera streams (streams.py) only parse and encode
 around these calls, so admission, deadlines, the stages and the metrics are one code path
-whatever the way in. Errors are DataPlaneError (deployments/errors.py); each protocol maps them.
+whatever the way in. Errors are DataPlaneError (core/errors.py); each protocol maps them.
 MLServer's `handlers/dataplane.py` under its `rest/` and `grpc/` is the model.
 """
 
@@ -23,14 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 from ray.serve.exceptions import BackPressureError
 
-from deployments.alias_watcher import AliasWatcher, one_line
+from core.errors import RETRY_AFTER_S, DataPlaneError, overloaded, shown
+from core.image_codec import ImageDecodeError, decode_image, to_bgr8
+from core.predict_params import PredictParams
+from core.preprocessing import prepare_image
+from core.text import one_line
+from deployments.alias_watcher import AliasWatcher
 from deployments.call_grouping import CallGrouper, Overloaded
-from deployments.errors import RETRY_AFTER_S, DataPlaneError, overloaded, shown
-from deployments.image_codec import ImageDecodeError, decode_image, to_bgr8
 from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.placement import node_id, node_info
-from deployments.predict_params import PredictParams
-from deployments.preprocessing import prepare_image
 from deployments.recent_stats import RecentStats
 from deployments.stage_links import STAGE_FAILURES, StageUnavailable
 from model_registry.source import ResolvedModel

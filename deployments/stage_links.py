@@ -28,10 +28,10 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from deployments.alias_watcher import one_line
-from deployments.inference import InferenceStage
+from core.text import one_line
+from deployments.inference_stage import InferenceStage
 from deployments.placement import local_first
-from deployments.postprocess import PostprocessStage
+from deployments.postprocess_stage import PostprocessStage
 
 log = logging.getLogger("ray.serve")
 

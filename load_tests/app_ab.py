@@ -2,9 +2,9 @@
 
 This VM's speed drifts by 15-25 % within minutes, more than most settings move, so two settings
 only compare when they run a few seconds apart under the same conditions: both apps are up at
-once (apps `a` and `b`, each its own Pipeline replica and HTTP port) and wrk loads one, then the
+once (apps `a` and `b`, each its own Ingress replica and HTTP port) and wrk loads one, then the
 other, `--rounds` times, in alternating order. Reported: medians of img/s and of CPU per
-request (the app's own Pipeline replica, plus Ray's shared processes), and b / a per round.
+request (the app's own Ingress replica, plus Ray's shared processes), and b / a per round.
 
     .venv/bin/python -m load_tests.app_ab --b '{"max_in_flight": 3}' [--a '{}'] [--concurrency 8]
 """
@@ -30,7 +30,7 @@ from load_tests.bench import (
     settle,
 )
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
-from serve.platform import RAY_TUNING_ENV
+from visionray.platform import RAY_TUNING_ENV
 
 
 def _cpu_s(procs: list[psutil.Process]) -> float:

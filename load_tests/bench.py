@@ -44,10 +44,10 @@ from pathlib import Path
 
 import psutil
 
-from deployments.local_pipeline import LocalPipeline
-from deployments.onnx_backend import BackendSettings, cores_available
+from core.local_pipeline import LocalPipeline
+from core.onnx_backend import BackendSettings, cores_available
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
-from serve.platform import RAY_TUNING_ENV
+from visionray.platform import RAY_TUNING_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = PROJECT_ROOT.parent / "shared" / "models"
@@ -240,9 +240,9 @@ class ServedCluster:
         models = [{"name": name, "path": str(path)} for name, path in self.models.items()]
         app = app_config("visionray", "/", models, stages=self.stages, http_port=self.port,
                          **{"backend": self.backend, **self.app_args})
-        batching = next(d for d in app["deployments"] if d["name"] in ("Inference", "Pipeline"))
+        batching = next(d for d in app["deployments"] if d["name"] in ("Inference", "Ingress"))
         batching["user_config"] = {**batching.get("user_config", {}), **self.user_config}
-        app["deployments"][0]["num_replicas"] = self.ingress_replicas  # the ingress: Pipeline or Preprocess
+        app["deployments"][0]["num_replicas"] = self.ingress_replicas  # the ingress
         if autoscaling:  # app_config pins one replica each; put the shipped autoscaling back
             shipped = {d["name"]: d for d in shipped_deployments(self.stages)}
             for d in app["deployments"]:
@@ -253,7 +253,7 @@ class ServedCluster:
 
     def processes(self) -> list[psutil.Process]:
         # Not counted: the load generator, and Ray's log monitor, which `make up` does not start
-        # (serve/platform.py) but ray.init cannot leave out.
+        # (visionray/platform.py) but ray.init cannot leave out.
         me = psutil.Process()
         return [p for p in me.children(recursive=True)
                 if not any(skip in " ".join(safe_cmdline(p)) for skip in ("locust", "log_monitor.py"))]
@@ -298,7 +298,7 @@ def shipped_deployments(stages: str = "in_process") -> list[dict]:
 
 
 def shipped_batching(stages: str) -> dict:
-    return next(d for d in shipped_deployments(stages) if d["name"] in ("Inference", "Pipeline"))["user_config"]
+    return next(d for d in shipped_deployments(stages) if d["name"] in ("Inference", "Ingress"))["user_config"]
 
 
 def safe_cmdline(p: psutil.Process) -> list[str]:
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user-config", type=json.loads, default={},
                     help='inference batching overrides, e.g. \'{"max_batch_size": 4}\'')
     ap.add_argument("--app-args", type=json.loads, default={},
-                    help='application args overrides (serve/settings.py), e.g. \'{"max_in_flight": 4}\'')
+                    help='application args overrides (deployments/config.py), e.g. \'{"max_in_flight": 4}\'')
     ap.add_argument("--oip-batch", type=int, default=4,
                     help="also serve the top concurrency as OIP v2 requests of this many images (0: not)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain single-process server rows")
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for the served cluster's processes (Ray/Serve tuning experiments)")
     ap.add_argument("--ray-defaults", action="store_true",
-                    help="serve without the Ray settings `make up` uses (serve/platform.py RAY_TUNING_ENV)")
+                    help="serve without the Ray settings `make up` uses (visionray/platform.py RAY_TUNING_ENV)")
     args = ap.parse_args(argv)
     if args.intra_op_threads is None:
         args.intra_op_threads = shipped_app(args.stages)["args"]["backend"]["intra_op_threads"]

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import psutil
 
-from deployments.image_codec import decode_image
-from deployments.local_pipeline import LocalPipeline
-from deployments.onnx_backend import BackendSettings, OnnxModel, sample_images
-from deployments.postprocess import postprocess
-from deployments.postprocessing import yolo_candidates
-from deployments.preprocessing import prepare_image
+from core.image_codec import decode_image
+from core.local_pipeline import LocalPipeline
+from core.onnx_backend import BackendSettings, OnnxModel, sample_images
+from core.postprocessing import postprocess, yolo_candidates
+from core.preprocessing import prepare_image
 from load_tests.bench import (
     FAST_IMAGE,
     FAST_MODEL,
@@ -45,12 +44,12 @@ from load_tests.bench import (
     process_kind,
     run_load,
 )
-from serve.platform import RAY_TUNING_ENV
+from visionray.platform import RAY_TUNING_ENV
 
 
 def ort_threads(model: Path, runs: int = 200) -> None:
     """Wall and CPU time of one run with 1 and 2 intra-op threads (no spinning, as served)."""
-    from deployments.model_spec import spec_from_onnx
+    from core.model_spec import spec_from_onnx
 
     for threads in (1, 2):
         m = OnnxModel(model, spec_from_onnx(model), BackendSettings(intra_op_threads=threads, lone_run_threads=0))
@@ -67,14 +66,14 @@ def ort_threads(model: Path, runs: int = 200) -> None:
 def gaps(n: int = 500, pause_s: float = 0.004) -> None:
     """The fast pipeline's steps, back to back and with a pause between requests (as served at c1)."""
     pipeline = LocalPipeline(FAST_MODEL, BackendSettings(intra_op_threads=1))
-    spec, data = pipeline.resolved.spec, FAST_IMAGE.read_bytes()
+    spec, data = pipeline.spec, FAST_IMAGE.read_bytes()
     for pause in (0.0, pause_s, 0.0):
         cpu = 0.0
         for _ in range(n):
             c = time.thread_time()
             img, meta = prepare_image(decode_image(data), spec.preprocessing)
             out = pipeline.model.run([img])[0]
-            postprocess(pipeline.resolved, pipeline.model.outputs_probabilities,
+            postprocess(pipeline.spec, pipeline.model.outputs_probabilities,
                         yolo_candidates(out, pipeline.params.conf), meta, pipeline.params)
             cpu += time.thread_time() - c
             if pause:
@@ -86,7 +85,7 @@ def inproc_threads(seconds: float, counts: tuple[int, ...] = (2, 8, 3, 1), round
     """The fast pipeline's in-process loop (the bench's limit) at several thread counts, in turns:
     img/s, CPU per image, and each step's CPU (the threads' own clocks)."""
     pipeline = LocalPipeline(FAST_MODEL, BackendSettings(intra_op_threads=1))
-    spec, data = pipeline.resolved.spec, FAST_IMAGE.read_bytes()
+    spec, data = pipeline.spec, FAST_IMAGE.read_bytes()
     for _ in range(3):
         pipeline(data)
 
@@ -98,7 +97,7 @@ def inproc_threads(seconds: float, counts: tuple[int, ...] = (2, 8, 3, 1), round
             c1 = time.thread_time()
             out = yolo_candidates(pipeline.model.run([img])[0], pipeline.params.conf)
             c2 = time.thread_time()
-            postprocess(pipeline.resolved, pipeline.model.outputs_probabilities, out, meta, pipeline.params)
+            postprocess(pipeline.spec, pipeline.model.outputs_probabilities, out, meta, pipeline.params)
             mine = [mine[0] + c1 - c0, mine[1] + c2 - c1, mine[2] + time.thread_time() - c2, mine[3] + 1]
         with lock:
             for i, v in enumerate(mine):
@@ -185,8 +184,8 @@ def _thread_cpu_s(pid: int) -> dict[int, float]:
 
 
 def _busiest_ingress(procs: list[psutil.Process]) -> psutil.Process:
-    """The Pipeline replica that has used the most CPU (the one the warm-up load went to)."""
-    return max((p for p in procs if process_kind(p) == "Pipeline"), key=lambda p: sum(p.cpu_times()[:2]))
+    """The Ingress replica that has used the most CPU (the one the warm-up load went to)."""
+    return max((p for p in procs if process_kind(p) == "Ingress"), key=lambda p: sum(p.cpu_times()[:2]))
 
 
 def _thread_names(pid: int) -> dict[int, str]:
@@ -203,7 +202,7 @@ def _thread_names(pid: int) -> dict[int, str]:
 
 def threads(concurrency: int, seconds: float, client: str, app_args: dict, user_config: dict,
             replicas: int = 1) -> None:
-    """The served fast model (serve/config.yaml's app, `replicas` Pipeline replicas), closed-loop
+    """The served fast model (serve/config.yaml's app, `replicas` Ingress replicas), closed-loop
     load: CPU per request of each thread of the busiest ingress replica, and of every process."""
     os.environ.update(RAY_TUNING_ENV)  # as make up and the bench run Ray
     cluster = ServedCluster({"fast": FAST_MODEL}, ["CPUExecutionProvider"], 1, user_config, num_cpus=4,
@@ -336,7 +335,7 @@ def main() -> int:
     ap.add_argument("--client", choices=["wrk", "locust"], default="wrk")
     ap.add_argument("--app-args", type=json.loads, default={}, help="threads: application args overrides")
     ap.add_argument("--user-config", type=json.loads, default={}, help="threads: inference batching overrides")
-    ap.add_argument("--replicas", type=int, default=1, help="threads: Pipeline replicas")
+    ap.add_argument("--replicas", type=int, default=1, help="threads: Ingress replicas")
     ap.add_argument("--a", type=json.loads, default={}, help="ab: user_config A")
     ap.add_argument("--b", type=json.loads, default={}, help="ab: user_config B")
     ap.add_argument("--pairs", type=int, default=6, help="ab: pairs of runs")

@@ -3,7 +3,7 @@
 An isolated Ray cluster serves the shipped app (demo detector and classifier); a real Prometheus
 (Debian package) scrapes it with the config `make up` writes; wrk sends load in phases (steady,
 a burst past capacity, bad requests, quiet). Then every panel's PromQL from
-serve/grafana_dashboard.py is queried over the run and drawn with matplotlib, one subplot per
+visionray/grafana_dashboard.py is queried over the run and drawn with matplotlib, one subplot per
 panel, into docs/metrics-dashboard.png. Grafana itself is not installable here (no Debian
 package), so this is the panels' data, not Grafana's rendering.
 
@@ -24,8 +24,8 @@ import requests
 
 from load_tests.bench import DEMO, FAST_IMAGE, ServedCluster, machine, run_wrk
 from serve.app_deploy import free_port, wait_ready
-from serve.grafana_dashboard import PANELS
-from serve.prometheus_config import service_discovery_file, write_prometheus_config
+from visionray.grafana_dashboard import PANELS
+from visionray.prometheus_config import service_discovery_file, write_prometheus_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

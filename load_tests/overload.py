@@ -62,7 +62,7 @@ def step(cluster: ServedCluster, data: bytes, clients: int, seconds: float, budg
     server1 = cpu_seconds(procs)
     server_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items())
     pipeline_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items()
-                     if kind == "Pipeline")
+                     if kind == "Ingress")
     ok = [ms for status, _, ms, _ in results if status == 200]
     ok_server = [ms for status, _, _, ms in results if status == 200]
     refused = [ms for status, code, ms, _ in results if code == "overloaded"]
@@ -76,7 +76,7 @@ def step(cluster: ServedCluster, data: bytes, clients: int, seconds: float, budg
         "refused_p50": percentile(refused, 50) if refused else None,
         "refused_p99": percentile(refused, 99) if refused else None,
         "kinds": dict(kinds),
-        # Cores busy on average: the whole cluster, its Pipeline replica, and the client threads.
+        # Cores busy on average: the whole cluster, its Ingress replica, and the client threads.
         "server_cores": server_s / elapsed, "pipeline_cores": pipeline_s / elapsed, "client_cores": client_s / elapsed,
     }
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     print(f"\n### Overload, {args.model.name} on {args.image.name}, budget {args.budget_ms} ms — {machine()}\n")
     print("| clients | answers | 200/s | 200 p50 ms | 200 p99 ms | 200s over budget | 200 p99 ms, server "
-          "| over budget, server | refused p50 ms | refused p99 ms | cores: cluster (Pipeline) | cores: client "
+          "| over budget, server | refused p50 ms | refused p99 ms | cores: cluster (Ingress) | cores: client "
           "| answers by kind |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:

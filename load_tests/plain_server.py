@@ -19,15 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from deployments.local_pipeline import LocalPipeline
-from deployments.onnx_backend import BackendSettings
+from core.local_pipeline import LocalPipeline
+from core.onnx_backend import BackendSettings
 
 
 def make_app(pipeline: LocalPipeline) -> Starlette:
     async def predict(request: Request) -> Response:
         data = await request.body()
         result = await run_in_threadpool(pipeline, data)
-        body = {"model": request.path_params["name"], "task": pipeline.resolved.spec.task, **result}
+        body = {"model": request.path_params["name"], "task": pipeline.spec.task, **result}
         return Response(json.dumps(body), media_type="application/json")
 
     async def healthz(request: Request) -> Response:

@@ -32,7 +32,7 @@ def main() -> int:
     cluster = ServedCluster({"m": args.model}, ["CPUExecutionProvider"], 1, {}, 4, "in_process")
     try:
         cluster.deploy(autoscaling=False)
-        replica = next(p for p in cluster.processes() if "Pipeline" in " ".join(p.cmdline()))
+        replica = next(p for p in cluster.processes() if "Ingress" in " ".join(p.cmdline()))
         url, budget = f"{cluster.url}/v1/models/m/predict", {"X-Request-Timeout-Ms": str(args.budget_ms)}
 
         def measured(connections: int) -> tuple[dict, float]:

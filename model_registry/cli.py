@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mlflow.exceptions import MlflowException
 
-from deployments.model_spec import PRESETS, read_labels_file
+from core.model_spec import PRESETS, read_labels_file
 from model_registry import registry
 from model_registry.registry import DEFAULT_ALIAS, RegistryError, VersionInfo
 

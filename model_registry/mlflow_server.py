@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_registry.registry import ARTIFACTS_DIRNAME, DATABASE_FILENAME, default_data_dir
+from core.paths import default_data_dir
+from model_registry.registry import ARTIFACTS_DIRNAME, DATABASE_FILENAME
 
 LOOPBACK = "127.0.0.1"
 LOG_FILENAME = "mlflow-server.log"

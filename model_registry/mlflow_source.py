@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from deployments.model_spec import spec_from_onnx
+from core.model_spec import spec_from_onnx
 from model_registry.registry import (
     cached_model_path,
     download_version,

@@ -47,12 +47,11 @@ from mlflow.protos.databricks_pb2 import (
 )
 from onnx.external_data_helper import uses_external_data
 
-from deployments.model_spec import ModelSpec, Preprocessing, SpecError, Task, check_output_shape, spec_from_onnx
-from deployments.onnx_backend import OnnxModel, sample_images
+from core.model_spec import ModelSpec, Preprocessing, SpecError, Task, check_output_shape, spec_from_onnx
+from core.onnx_backend import OnnxModel, sample_images
+from core.paths import default_data_dir
 from model_registry.source import file_sha256
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
 DATABASE_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
 EXPERIMENT_NAME = "visionray-registry"
@@ -86,10 +85,6 @@ class ValidationError(RegistryError):
 
 
 # -- where the registry lives ---------------------------------------------------------------
-def default_data_dir() -> Path:
-    return REPO_ROOT / ".data"
-
-
 def default_tracking_uri(data_dir: str | Path | None = None) -> str:
     """The embedded registry: a sqlite file under the data dir (artifacts beside it)."""
     data_dir = Path(data_dir or default_data_dir()).resolve()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from deployments.model_spec import ModelSpec, read_labels_file, spec_from_onnx
+from core.model_spec import ModelSpec, read_labels_file, spec_from_onnx
 
 # Relative model paths in the config resolve against the project root (the folder that
 # holds the packages), so the config works from any working directory.

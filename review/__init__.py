@@ -1,1 +1,1 @@
-"""The review queue: low-confidence predictions captured for labelling (issue 15)."""
+"""The review queue: low-confidence predictions captured for labelling, kept with their images."""

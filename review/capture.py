@@ -18,7 +18,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from deployments.image_codec import sniff_format
+from core.image_codec import sniff_format
 from review.store import ReviewStore, StoreFull
 
 log = logging.getLogger("ray.serve")

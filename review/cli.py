@@ -12,7 +12,7 @@ from review.store import STATUSES, LocalReviewStore
 
 
 def _default_dir() -> str:
-    from serve.settings import ReviewConfig
+    from review.config import ReviewConfig
 
     return ReviewConfig().directory()
 

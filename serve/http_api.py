@@ -1,6 +1,6 @@
 """The HTTP contract: routes, request parsing and validation, JSON errors.
 
-Plain functions over Starlette requests, no Ray: the Preprocess deployment (our HTTP
+Plain functions over Starlette requests, no Ray: the Ingress deployment (our HTTP
 ingress) calls them, and they are unit-tested on their own.
 """
 
@@ -17,8 +17,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.errors import DataPlaneError, shown
-from deployments.predict_params import number
+from core.errors import DataPlaneError, shown
+from core.predict_params import number
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from deployments.errors import DataPlaneError
+from core.errors import DataPlaneError
 from serve.http_api import error_response, new_request_id
 
 log = logging.getLogger("ray.serve")

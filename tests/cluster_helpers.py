@@ -25,7 +25,7 @@ import requests
 from serve.app_deploy import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-VISIONRAY = [sys.executable, "-m", "serve.cli"]
+VISIONRAY = [sys.executable, "-m", "visionray.cli"]
 
 
 def _agent_port_args() -> list[str]:

@@ -13,7 +13,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from cluster import labels, preflight, rayservice
-from serve.settings import PipelineConfig
+from deployments.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
@@ -49,7 +49,7 @@ def test_preflight_refuses_other_ray_or_python_minor_and_says_what_to_install():
 
 
 def test_join_dry_run_builds_the_ray_start_command_for_a_jetson():
-    out = subprocess.run([sys.executable, "-m", "serve.cli", "cluster", "head", "--dry-run", "--port", "6390"],
+    out = subprocess.run([sys.executable, "-m", "visionray.cli", "cluster", "head", "--dry-run", "--port", "6390"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--head --port=6390" in out.stderr and "--labels=node-type=datacenter" in out.stderr
@@ -67,8 +67,8 @@ def test_edge_config_validates_and_keeps_the_datacenter_app_identical():
     assert (datacenter["args"]["stages"], single_node["args"]["stages"]) == ("deployments", "in_process")
     assert {k: v for k, v in datacenter.items() if k not in ("args", "deployments")} == {
         k: v for k, v in single_node.items() if k not in ("args", "deployments")}
-    assert [d["name"] for d in datacenter["deployments"]] == ["Preprocess", "Inference", "Postprocess"]
-    assert [d["name"] for d in single_node["deployments"]] == ["Pipeline"]
+    assert [d["name"] for d in datacenter["deployments"]] == ["Ingress", "Inference", "Postprocess"]
+    assert [d["name"] for d in single_node["deployments"]] == ["Ingress"]
     pipeline, inference = single_node["deployments"][0], datacenter["deployments"][1]
     assert pipeline["user_config"] == inference["user_config"]  # the same batching either way
     PipelineConfig.model_validate(edge["args"])
@@ -103,7 +103,7 @@ def test_rayservice_serve_config_is_serve_config_yaml_and_valid():
 
 
 def test_make_up_checks_and_prints_the_ports_serve_config_yaml_uses():
-    from serve import platform
+    from visionray import platform
 
     assert CONFIG["http_options"]["port"] == platform.SERVE_PROXY_PORT
     assert CONFIG["applications"][0]["args"]["http_port"] == platform.HTTP_PORT

@@ -13,6 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
+from core.model_spec import spec_from_onnx
+from core.onnx_backend import OnnxModel
+from core.preprocessing import prepare_image
 from demo_models import evaluate
 from demo_models.shapes import (
     CLASS_NAMES,
@@ -20,9 +23,6 @@ from demo_models.shapes import (
     make_detection_sample,
     sample_rng,
 )
-from deployments.model_spec import spec_from_onnx
-from deployments.onnx_backend import OnnxModel
-from deployments.preprocessing import prepare_image
 
 DETECTOR = evaluate.DETECTOR_PATH
 CLASSIFIER = evaluate.CLASSIFIER_PATH

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deployments.image_codec import ImageDecodeError, decode_image
+from core.image_codec import ImageDecodeError, decode_image
 
 
 def _png(img: np.ndarray) -> bytes:

@@ -34,7 +34,7 @@ def twin_api(ray_cluster):
 
 def replicas() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:twin:Pipeline")]
+            if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:twin:Ingress")]
 
 
 def test_killing_one_of_two_ingress_replicas_leaves_the_port_serving(twin_api):

@@ -34,7 +34,7 @@ def edge_backend() -> dict:
 def letterboxed_bus() -> np.ndarray:
     import cv2
 
-    from deployments.preprocessing import letterbox
+    from core.preprocessing import letterbox
 
     img = cv2.imread(str(BUS_JPG))
     return letterbox(img, 640, 640)[0]
@@ -43,7 +43,7 @@ def letterboxed_bus() -> np.ndarray:
 def test_tensorrt_fp16_engine_is_built_on_the_device_and_cached(tmp_path):
     import onnxruntime as ort
 
-    from deployments.onnx_backend import resolve_providers
+    from core.onnx_backend import resolve_providers
 
     assert "TensorrtExecutionProvider" in ort.get_available_providers(), "install NVIDIA's Jetson onnxruntime-gpu"
     providers = resolve_providers(edge_backend()["providers"], str(tmp_path))

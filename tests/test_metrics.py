@@ -79,14 +79,14 @@ def test_docs_list_every_metric_and_the_dashboard_is_current():
     import json
     from pathlib import Path
 
-    from serve.grafana_dashboard import dashboard
+    from visionray.grafana_dashboard import dashboard
 
     root = Path(__file__).resolve().parents[1]
     doc = (root / "docs" / "metrics.md").read_text()
     for spec in SPECS.values():
         assert f"`{spec.exported}`" in doc, spec.exported
     committed = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
-    assert committed == dashboard(), "regenerate: python -m serve.grafana_dashboard > docs/grafana-dashboard.json"
+    assert committed == dashboard(), "regenerate: python -m visionray.grafana_dashboard > docs/grafana-dashboard.json"
     exprs = " ".join(t["expr"] for p in committed["panels"] for t in p["targets"])
     used = set(re.findall(r"ray_visionray_[a-z_]+", exprs))
     known = {s.exported for s in SPECS.values()} | {f"{s.exported}_{part}" for s in SPECS.values()

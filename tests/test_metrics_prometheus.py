@@ -1,6 +1,6 @@
 """Issue 13: the platform's metrics, scraped by a real Prometheus with the config `make up` writes.
 
-The Debian `prometheus` binary is started on a free port with serve/prometheus_config.py's config
+The Debian `prometheus` binary is started on a free port with visionray/prometheus_config.py's config
 (file-SD on Ray's discovery file); requests go over real HTTP to a real Serve app; the answers
 are read back through Prometheus' HTTP API.
 """
@@ -16,7 +16,7 @@ import requests
 
 from demo_models import evaluate
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
-from serve.prometheus_config import service_discovery_file, write_prometheus_config
+from visionray.prometheus_config import service_discovery_file, write_prometheus_config
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs the prometheus binary (Debian package `prometheus`; .ci/run installs it)")

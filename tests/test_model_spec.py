@@ -1,6 +1,6 @@
 import pytest
 
-from deployments.model_spec import SpecError, spec_from_onnx
+from core.model_spec import SpecError, spec_from_onnx
 from tests.models import COCO_LABELS, YOLO_QDQ, color_classifier, needs_shared_models
 
 

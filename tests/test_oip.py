@@ -302,7 +302,8 @@ def test_the_stream_cli_runs_a_video_end_to_end(oip_api, tmp_path):
 
     video_frames(30, tmp_path)
     out = tmp_path / "results.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "serve.cli", "stream", str(tmp_path / "moving.avi"), "--model", "det",
+    proc = subprocess.run([sys.executable, "-m", "visionray.cli", "stream", str(tmp_path / "moving.avi"),
+                           "--model", "det",
                            "--grpc", oip_api["grpc"], "--rate", "20", "--jsonl", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from deployments.errors import DataPlaneError
+from core.errors import DataPlaneError
 from serve.protocols import inference_pb2 as pb
 from serve.protocols.oip import InferResponse, Tensor, serialize_bytes
 from serve.protocols.oip_grpc import encode_response, grpc_code, parse_request

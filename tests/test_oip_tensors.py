@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from deployments.errors import DataPlaneError
+from core.errors import DataPlaneError
 from serve.protocols.oip import (
     RequestedOutput,
     Tensor,

@@ -2,15 +2,13 @@ import numpy as np
 import onnx
 import pytest
 
+from core.image_codec import decode_image
+from core.model_spec import spec_from_onnx
+from core.onnx_backend import BackendSettings, OnnxModel, make_batch_dynamic, resolve_providers, sample_images
+from core.postprocessing import postprocess, yolo_candidates
+from core.predict_params import PredictParams
+from core.preprocessing import prepare_image
 from demo_models.evaluate import DETECTOR_PATH
-from deployments.image_codec import decode_image
-from deployments.model_spec import spec_from_onnx
-from deployments.onnx_backend import BackendSettings, OnnxModel, make_batch_dynamic, resolve_providers, sample_images
-from deployments.postprocess import postprocess
-from deployments.postprocessing import yolo_candidates
-from deployments.predict_params import PredictParams
-from deployments.preprocessing import prepare_image
-from model_registry.source import ResolvedModel
 from tests.models import (
     BUS_JPG,
     YOLO_DYNAMIC,
@@ -37,8 +35,7 @@ def test_reference_detections_on_bus(path):
     model = OnnxModel(path, spec)
     x, meta = _bus(model)
     out = model.run([x])
-    resolved = ResolvedModel("m", "1", str(path), spec)
-    result = postprocess(resolved, False, yolo_candidates(out[0], 0.25), meta, PARAMS)
+    result = postprocess(spec, False, yolo_candidates(out[0], 0.25), meta, PARAMS)
     assert_bus_detections(result["detections"], path)
 
 
@@ -79,9 +76,8 @@ def test_classifier_logits_vs_probabilities(tmp_path):
     assert probs.outputs_probabilities
     for model in (logits, probs):
         x, meta = prepare_image(solid_image((255, 0, 0)), model.spec.preprocessing)  # blue
-        resolved = ResolvedModel("c", "1", model.path, model.spec)
         out = model.run([x])[0]
-        classes = postprocess(resolved, model.outputs_probabilities, out, meta, PARAMS)["classes"]
+        classes = postprocess(model.spec, model.outputs_probabilities, out, meta, PARAMS)["classes"]
         assert classes[0]["label"] == "blue" and classes[0]["score"] > 0.9
         assert sum(c["score"] for c in classes) == pytest.approx(1, abs=1e-3)
 

@@ -196,7 +196,7 @@ def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_
     png_bomb = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
     png_bomb[16:24] = (50_000).to_bytes(4, "big") + (50_000).to_bytes(4, "big")
     ingress = next(p for p in psutil.process_iter(["cmdline"])
-                   if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:pipeline:Preprocess"))
+                   if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:pipeline:Ingress"))
     rss_before = ingress.memory_info().rss
 
     def send(i: int) -> requests.Response:

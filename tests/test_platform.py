@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from serve import platform
 from serve.app_deploy import free_port
+from visionray import platform
 
 
 @pytest.fixture

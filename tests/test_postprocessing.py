@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deployments.postprocessing import (
+from core.postprocessing import (
     decode_yolo,
     detections,
     looks_like_probabilities,
@@ -11,7 +11,7 @@ from deployments.postprocessing import (
     top_k,
     yolo_candidates,
 )
-from deployments.preprocessing import ImageMeta
+from core.preprocessing import ImageMeta
 
 
 def _yolo_output(rows: list[tuple], nc: int = 3, n: int = 50) -> np.ndarray:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deployments.model_spec import Preprocessing, preset
-from deployments.preprocessing import InputNormaliser, letterbox, prepare_image, resize_center_crop
+from core.model_spec import Preprocessing, preset
+from core.preprocessing import InputNormaliser, letterbox, prepare_image, resize_center_crop
 
 
 def test_letterbox_matches_ultralytics_geometry_for_bus_sized_image():

@@ -12,7 +12,7 @@ import mlflow.artifacts
 import pytest
 from mlflow import MlflowClient
 
-from deployments.onnx_backend import OnnxModel, sample_images
+from core.onnx_backend import OnnxModel, sample_images
 from model_registry import registry
 from model_registry.cli import main
 from model_registry.mlflow_server import running_mlflow_server

@@ -217,7 +217,7 @@ def test_removing_the_alias_stops_serving(served):
 
 def _replica_pids(app: str) -> set[int]:
     return {p.pid for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [""])[0].startswith(f"ray::ServeReplica:{app}:Pipeline")}
+            if (p.info["cmdline"] or [""])[0].startswith(f"ray::ServeReplica:{app}:Ingress")}
 
 
 def test_registry_gone_and_the_replica_killed_keeps_serving_from_the_cache(served, backend):

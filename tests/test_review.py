@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from review.capture import Capture, capture_reason
+from review.config import CaptureRule, ReviewConfig
 from review.export import export
 from review.store import LocalReviewStore, StoreFull
-from serve.settings import CaptureRule, ReviewConfig
 
 SAMPLE = Path(__file__).resolve().parents[1] / "demo_models" / "samples" / "shapes_640x480.jpg"
 
@@ -142,7 +142,7 @@ def test_a_store_that_cannot_write_loses_the_capture_not_the_caller(tmp_path):
 
 def test_the_cli_lists_and_exports(tmp_path):
     store = filled_store(tmp_path)
-    run = [sys.executable, "-m", "serve.cli", "review"]
+    run = [sys.executable, "-m", "visionray.cli", "review"]
     listed = subprocess.run([*run, "list", "--dir", str(store.dir), "--json"], capture_output=True, text=True,
                             check=True)
     assert len(json.loads(listed.stdout)) == 2

@@ -70,7 +70,8 @@ def test_low_confidence_predictions_reach_the_queue_and_export(page_api, tmp_pat
     assert requests.post(f"{base}/v1/review/{item['id']}/accept", timeout=10).json()["status"] == "accepted"
     # The CLI reads the same queue from its directory, while the platform serves.
     out = tmp_path / "ls"
-    done = subprocess.run([sys.executable, "-m", "serve.cli", "review", "export", "--dir", str(page_api["review_dir"]),
+    done = subprocess.run([sys.executable, "-m", "visionray.cli", "review", "export",
+                           "--dir", str(page_api["review_dir"]),
                            "--format", "label-studio", "--status", "accepted", "--out", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -1,5 +1,5 @@
 """Unbatched inference (the CPU default): a group's images in one share per run thread
-(deployments/inference.py), without Ray: the answers must be the image-by-image answers, in
+(deployments/inference_stage.py), without Ray: the answers must be the image-by-image answers, in
 order, and an image whose deadline has passed is not run."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
+from core.model_spec import spec_from_onnx
+from core.onnx_backend import BackendSettings, sample_images
+from core.postprocessing import yolo_candidates
 from demo_models.evaluate import DETECTOR_PATH
-from deployments.inference import BatchedModel
+from deployments.config import BatchingConfig
+from deployments.inference_stage import BatchedModel
 from deployments.metrics import METRICS
-from deployments.model_spec import spec_from_onnx
-from deployments.onnx_backend import BackendSettings, sample_images
-from deployments.postprocessing import yolo_candidates
 from model_registry.source import ResolvedModel
-from serve.settings import BatchingConfig
 
 
 @pytest.fixture(autouse=True)

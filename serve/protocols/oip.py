@@ -30,10 +30,10 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 
+from core.errors import DataPlaneError
+from core.image_codec import sniff_format
+from core.predict_params import predict_params
 from deployments.dataplane import DataPlane, ImageInput, RequestRecord
-from deployments.errors import DataPlaneError
-from deployments.image_codec import sniff_format
-from deployments.predict_params import predict_params
 
 SERVER_NAME = "visionray"
 EXTENSIONS = ["binary_tensor_data", "classification"]

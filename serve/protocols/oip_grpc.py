@@ -16,9 +16,9 @@ import time
 import grpc
 import numpy as np
 
-from deployments.alias_watcher import one_line
+from core.errors import DataPlaneError
+from core.text import one_line
 from deployments.dataplane import RequestRecord
-from deployments.errors import DataPlaneError
 from serve.http_api import new_request_id
 from serve.protocols import inference_pb2 as pb
 from serve.protocols import inference_pb2_grpc as pb_grpc

@@ -10,8 +10,8 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.errors import DataPlaneError
 from deployments.dataplane import RequestRecord
-from deployments.errors import DataPlaneError
 from serve.http_api import json_bytes, json_response, latency_budget_s, read_body, routes
 from serve.protocols.oip import (
     EXTENSIONS,

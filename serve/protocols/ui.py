@@ -11,8 +11,8 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.errors import DataPlaneError
 from deployments.dataplane import RequestRecord
-from deployments.errors import DataPlaneError
 from serve.http_api import error_response, json_response, routes
 
 PREFIX = "/ui"

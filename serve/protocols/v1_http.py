@@ -7,10 +7,10 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.errors import DataPlaneError
+from core.image_codec import sniff_format
+from core.predict_params import number, predict_params
 from deployments.dataplane import DataPlane, RequestRecord
-from deployments.errors import DataPlaneError
-from deployments.image_codec import sniff_format
-from deployments.predict_params import number, predict_params
 from deployments.recent_stats import WINDOW_S
 from review.store import STATUSES
 from serve.http_api import error_response, image_bytes, json_response, latency_budget_s, read_body, routes

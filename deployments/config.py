@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployments.model_spec import PRESETS
+from core.model_spec import PRESETS
+from core.paths import default_data_dir
+from review.config import ReviewConfig
 
 
 class ModelEntry(BaseModel):
@@ -49,14 +51,14 @@ class BackendConfig(BaseModel):
     lone_run_threads: int | Literal["auto"] = "auto"
     # ... for models whose single-threaded run takes at least this many ms (measured at load):
     # shorter runs save too little latency for the CPU the extra threads cost. None: the
-    # backend's default (deployments/onnx_backend.py LONE_RUN_MIN_MS, with its measurements).
+    # backend's default (core/onnx_backend.py LONE_RUN_MIN_MS, with its measurements).
     lone_run_min_ms: float | None = Field(default=None, ge=0)
     allow_spinning: bool = False
     trt_engine_cache_dir: str | None = None
 
     def settings(self):
         """The backend's BackendSettings, with "auto" resolved on the machine running it."""
-        from deployments.onnx_backend import BackendSettings, cores_available
+        from core.onnx_backend import BackendSettings, cores_available
 
         fields = self.model_dump()
         if fields["lone_run_threads"] == "auto":
@@ -85,52 +87,6 @@ class RegistryConfig(BaseModel):
     @property
     def aliases(self) -> list[str]:
         return [self.serving_alias, *[a for a in self.extra_aliases if a != self.serving_alias]]
-
-
-class CaptureRule(BaseModel):
-    """When a prediction of one model goes to the review queue (review/capture.py); any that holds."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # The top score (or 0: nothing detected) is below this.
-    top_score_below: float | None = Field(default=None, gt=0, le=1)
-    # Any detection or class scores in [low, high).
-    score_band: tuple[float, float] | None = None
-    # A random share of all predictions (0: none).
-    sample_rate: float = Field(default=0.0, ge=0, le=1)
-
-    @field_validator("score_band")
-    @classmethod
-    def _band(cls, v):
-        if v is not None and not 0 <= v[0] < v[1] <= 1:
-            raise ValueError(f"score_band must be [low, high) with 0 <= low < high <= 1, got {list(v)}")
-        return v
-
-
-class ReviewConfig(BaseModel):
-    """The review queue: predictions worth a person's look, kept with their images (issue 15)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False  # off by default: capture stores users' images
-    # Images + index.sqlite on the node's own disk (one queue per node); None: the project's .data/review.
-    dir: str | None = None
-    # Rules by model name; "*": every model without its own.
-    rules: dict[str, CaptureRule] = Field(default_factory=dict)
-    max_items: int = Field(default=10_000, ge=1)
-    max_bytes: int = Field(default=1 << 30, ge=1)
-    # At a bound: drop the oldest items, or pause capture until some are exported or purged.
-    when_full: Literal["drop_oldest", "pause"] = "drop_oldest"
-    # Captures waiting for the writer thread; beyond: dropped and counted, the request unaffected.
-    queue_size: int = Field(default=256, ge=1)
-
-    def rule_for(self, model: str) -> CaptureRule | None:
-        return self.rules.get(model) or self.rules.get("*")
-
-    def directory(self) -> str:
-        from model_registry.registry import default_data_dir
-
-        return self.dir or str(default_data_dir() / "review")
 
 
 class PipelineConfig(BaseModel):
@@ -169,7 +125,7 @@ class PipelineConfig(BaseModel):
     latency_budget_s: float = Field(default=2.0, gt=0, le=600)
     # Where inference and postprocess run (deployments/stage_links.py): their own Serve
     # deployments ("deployments": placed and autoscaled apart, e.g. inference on GPU nodes), or
-    # inside each ingress replica ("in_process": no hop; one deployment named Pipeline).
+    # inside each ingress replica ("in_process": no hop; one deployment, Ingress).
     stages: Literal["deployments", "in_process"] = "deployments"
     # The ingress replicas' own HTTP port (serve/http_server.py), shared by every ingress replica
     # of a node; null: only through Serve's proxy. One port per application.
@@ -211,7 +167,6 @@ def make_source(cfg: PipelineConfig):
     if cfg.models:
         return LocalFileSource(cfg.models, cfg.registry.serving_alias)
     from model_registry.mlflow_source import MlflowSource
-    from model_registry.registry import default_data_dir
 
     cache = cfg.registry.cache_dir or str(default_data_dir() / "model-cache")
     return MlflowSource(cfg.registry.tracking_uri, cache, cfg.registry.aliases)

@@ -21,14 +21,16 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.alias_watcher import AliasWatcher, one_line
+from core.errors import DataPlaneError
+from core.onnx_backend import cores_available
+from core.text import one_line
+from deployments.alias_watcher import AliasWatcher
+from deployments.autoscaling import OWN_HTTP_ONGOING
+from deployments.config import PipelineConfig, make_source
 from deployments.dataplane import DataPlane, RequestRecord
-from deployments.errors import DataPlaneError
 from deployments.metrics import METRICS
-from deployments.onnx_backend import cores_available
 from deployments.stage_links import InProcessStages, RemoteStages
 from model_registry.source import ResolvedModel
-from serve.autoscaling import OWN_HTTP_ONGOING
 from serve.http_api import discard_unread_body, request_id, route
 from serve.http_server import IngressHttpServer
 from serve.protocols.oip import Oip
@@ -41,13 +43,12 @@ from serve.protocols.ui import ROUTES as UI_ROUTES
 from serve.protocols.ui import TryItPage
 from serve.protocols.v1_http import ROUTES as V1_ROUTES
 from serve.protocols.v1_http import V1Http
-from serve.settings import PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
-class Preprocess:
+class Ingress:
     async def __init__(self, config: dict, inference: DeploymentHandle | None = None,
                        postprocess: DeploymentHandle | None = None):
         self.cfg = PipelineConfig.model_validate(config)

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from deployments.model_spec import ModelSpec, check_output_shape
-from deployments.postprocessing import looks_like_probabilities
-from deployments.preprocessing import InputNormaliser
+from core.model_spec import ModelSpec, check_output_shape
+from core.postprocessing import looks_like_probabilities
+from core.preprocessing import InputNormaliser
 
 log = logging.getLogger("visionray.onnx")
 

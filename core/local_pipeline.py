@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deployments.image_codec import decode_image
-from deployments.model_spec import spec_from_onnx
-from deployments.onnx_backend import BackendSettings, OnnxModel
-from deployments.postprocess import postprocess
-from deployments.postprocessing import yolo_candidates
-from deployments.predict_params import PredictParams
-from deployments.preprocessing import prepare_image
-from model_registry.source import ResolvedModel
+from core.image_codec import decode_image
+from core.model_spec import spec_from_onnx
+from core.onnx_backend import BackendSettings, OnnxModel
+from core.postprocessing import postprocess, yolo_candidates
+from core.predict_params import PredictParams
+from core.preprocessing import prepare_image
 
 
 class LocalPipeline:
@@ -21,14 +19,14 @@ class LocalPipeline:
 
     def __init__(self, path: str | Path, backend: BackendSettings | None = None):
         spec = spec_from_onnx(path)
-        self.resolved = ResolvedModel(name=Path(path).stem, version="local", path=str(path), spec=spec)
+        self.spec = spec
         self.model = OnnxModel(path, spec, backend or BackendSettings())
         self.params = PredictParams(conf=spec.conf, iou=spec.iou, max_det=spec.max_det, top_k=spec.top_k)
 
     def __call__(self, data: bytes) -> dict:
-        spec = self.resolved.spec
+        spec = self.spec
         img, meta = prepare_image(decode_image(data), spec.preprocessing)
         out = self.model.run([img])[0]
         if spec.task == "detect":
             out = yolo_candidates(out, self.params.conf)
-        return postprocess(self.resolved, self.model.outputs_probabilities, out, meta, self.params)
+        return postprocess(spec, self.model.outputs_probabilities, out, meta, self.params)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from deployments.preprocessing import ImageMeta
+from core.model_spec import ModelSpec
+from core.predict_params import PredictParams
+from core.preprocessing import ImageMeta
 
 
 def yolo_candidates(output: np.ndarray, conf: float) -> np.ndarray:
@@ -113,3 +115,13 @@ def top_k(probabilities: np.ndarray, k: int, labels: list[str]) -> list[dict]:
         }
         for i in idx
     ]
+
+
+def postprocess(
+    spec: ModelSpec, outputs_probabilities: bool, output: np.ndarray, meta: ImageMeta, params: PredictParams
+) -> dict:
+    """The JSON-ready result for one image (pure: also used by the in-process benchmark)."""
+    if spec.task == "detect":
+        return {"detections": detections(output, meta, spec.labels, params.conf, params.iou, params.max_det)}
+    probs = output if outputs_probabilities else softmax(output.astype(np.float64))
+    return {"classes": top_k(probs, params.top_k, spec.labels)}

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(run=_predict)
 
-    from serve import platform
+    from visionray import platform
 
     for name, fn, text in (("up", platform.up, "start Ray, register the demo models, deploy, wait until ready"),
                            ("down", platform.down, "stop exactly what `up` started"),
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).set_defaults(run=lambda args, fn=fn: fn())
 
     add_models_commands(commands)
-    from serve.stream_client import add_stream_command
+    from visionray.stream_client import add_stream_command
 
     add_stream_command(commands)
     from review.cli import add_review_commands

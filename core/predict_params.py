@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deployments.errors import DataPlaneError
+from core.errors import DataPlaneError
 
 
 @dataclass(frozen=True)

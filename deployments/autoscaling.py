@@ -5,7 +5,7 @@ or a handle, so Serve's default policy would see an idle deployment under full l
 ingress replica reports its own in-flight count (`record_autoscaling_stats`); this policy adds
 the replicas' latest reports to Serve's count and then decides exactly as Serve's default
 policy does (targets, delays, min/max). Set in serve/config.yaml:
-`autoscaling_config: {policy: {policy_function: serve.autoscaling:own_http_aware_policy}}`.
+`autoscaling_config: {policy: {policy_function: deployments.autoscaling:own_http_aware_policy}}`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from ray.serve.autoscaling_policy import default_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
-OWN_HTTP_ONGOING = "own_http_ongoing"  # the key Preprocess.record_autoscaling_stats reports
+OWN_HTTP_ONGOING = "own_http_ongoing"  # the key Ingress.record_autoscaling_stats reports
 
 
 def own_http_ongoing(aggregated_metrics: dict | None) -> float:

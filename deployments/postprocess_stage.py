@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from ray import serve
 
+from core.postprocessing import postprocess
+from core.predict_params import PredictParams
+from core.preprocessing import ImageMeta
+from deployments.config import PipelineConfig, make_source
 from deployments.model_versions import LoadedVersions
 from deployments.placement import node_id, node_info
-from deployments.postprocessing import detections, softmax, top_k
-from deployments.predict_params import PredictParams
-from deployments.preprocessing import ImageMeta
-from model_registry.source import ResolvedModel
-from serve.settings import PipelineConfig, make_source
-
-
-def postprocess(
-    resolved: ResolvedModel, outputs_probabilities: bool, output: np.ndarray, meta: ImageMeta, params: PredictParams
-) -> dict:
-    """The JSON-ready result for one image (pure: also used by the in-process benchmark)."""
-    spec = resolved.spec
-    if spec.task == "detect":
-        return {"detections": detections(output, meta, spec.labels, params.conf, params.iou, params.max_det)}
-    probs = output if outputs_probabilities else softmax(output.astype(np.float64))
-    return {"classes": top_k(probs, params.top_k, spec.labels)}
 
 
 class PostprocessStage:
@@ -51,7 +38,7 @@ class PostprocessStage:
                 continue
             # Sub-millisecond numpy work: cheaper inline than a thread hop.
             t0 = time.perf_counter()
-            result = postprocess(resolved, probabilities, output, meta, item_params)
+            result = postprocess(resolved.spec, probabilities, output, meta, item_params)
             result["served_by"] = dict(served_by)
             result["timings_ms"] = {**timings, "postprocess_ms": round((time.perf_counter() - t0) * 1000, 2)}
             results.append(result)

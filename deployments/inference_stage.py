@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
+from core.onnx_backend import BackendSettings, OnnxModel
+from core.postprocessing import yolo_candidates
+from deployments.config import BatchingConfig, PipelineConfig, make_source
 from deployments.metrics import METRICS
 from deployments.model_versions import LoadedVersions
-from deployments.onnx_backend import BackendSettings, OnnxModel
 from deployments.placement import node_id, node_info
-from deployments.postprocessing import yolo_candidates
 from model_registry.source import RegistryUnavailable, ResolvedModel, model_key
-from serve.settings import BatchingConfig, PipelineConfig, make_source
 
 log = logging.getLogger("ray.serve")
 

@@ -1,8 +1,8 @@
 """The Grafana dashboard for an operator (docs/grafana-dashboard.json), built from the platform's
 metrics (deployments/metrics.py) and Serve's own. Import it in Grafana and pick the Prometheus
-data source that scrapes the cluster (serve/prometheus_config.py).
+data source that scrapes the cluster (visionray/prometheus_config.py).
 
-    .venv/bin/python -m serve.grafana_dashboard > docs/grafana-dashboard.json
+    .venv/bin/python -m visionray.grafana_dashboard > docs/grafana-dashboard.json
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster import auth
-from serve.prometheus_config import service_discovery_file, write_prometheus_config
+from visionray.prometheus_config import service_discovery_file, write_prometheus_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / ".data"
@@ -271,7 +271,7 @@ Try:
 """)
     if sample:
         step("sample request")
-        from serve.cli import main as cli
+        from visionray.cli import main as cli
 
         cli(["predict", str(sample), "--model", "shapes-detector"])
     return 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from deployments.model_spec import Preprocessing
+from core.model_spec import Preprocessing
 
 
 @dataclass(frozen=True)
