@@ -89,7 +89,7 @@ class DataPlane:
     # -- predict --------------------------------------------------------------------------
     def admit(self, resolved: ResolvedModel, budget_s: float) -> None:
         """Refuse now what would be refused later: called before the body is read, so that a
-        refusal costs nothing (issue 12)."""
+        refusal costs nothing."""
         try:
             self.stages.check()
             self.grouper.check(resolved.key, budget_s)

@@ -1,4 +1,4 @@
-"""Two settings of the served app, side by side in one cluster, wrk taking turns (issue 11).
+"""Two settings of the served app, side by side in one cluster, wrk taking turns.
 
 This VM's speed drifts by 15-25 % within minutes, more than most settings move, so two settings
 only compare when they run a few seconds apart under the same conditions: both apps are up at

@@ -1,4 +1,4 @@
-"""Small CPU measurements the README quotes, kept so they can be re-run (issue 11).
+"""Small CPU measurements the performance notes quote (docs/performance.md), kept so they can be re-run.
 
     .venv/bin/python -m load_tests.cpu_probes ort-threads [--model PATH]  # a run on 1 vs 2 threads
     .venv/bin/python -m load_tests.cpu_probes gaps                        # back to back vs with pauses

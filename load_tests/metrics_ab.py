@@ -1,4 +1,4 @@
-"""Metrics on against metrics off, in the same cluster, taking turns (issue 13's cost).
+"""Metrics on against metrics off, in the same cluster, taking turns (what the metrics cost).
 
 Two copies of the shipped app serve the demo detector on their own ports, one with
 `metrics: false`; wrk loads each in turn at concurrency 8 and the replica's CPU per request is

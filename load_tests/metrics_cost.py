@@ -1,4 +1,4 @@
-"""What recording one request's metrics costs (issue 13): the calls the ingress and the
+"""What recording one request's metrics costs: the calls the ingress and the
 inference stage make per request, timed in a Serve replica (where ray.serve.metrics records and
 Serve's logging writes for real); and the same for the optional JSON request log line.
 

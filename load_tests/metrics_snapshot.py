@@ -1,4 +1,4 @@
-"""The Grafana dashboard's panels rendered from real data, without Grafana (issue 13).
+"""The Grafana dashboard's panels rendered from real data, without Grafana.
 
 An isolated Ray cluster serves the shipped app (demo detector and classifier); a real Prometheus
 (Debian package) scrapes it with the config `make up` writes; wrk sends load in phases (steady,

@@ -1,4 +1,4 @@
-"""Overload scenario (issue 12): ramp closed-loop clients far past capacity and see what admission does.
+"""Overload scenario: ramp closed-loop clients far past capacity and see what admission does.
 
     .venv/bin/python -m load_tests.overload [--model PATH --image PATH] [--budget-ms 500]
                                             [--steps 1 4 16 64] [--step-s 15]

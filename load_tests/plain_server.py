@@ -2,7 +2,7 @@
 
 Starlette + uvicorn, one process, the same decode / letterbox / ORT / NMS steps
 (`LocalPipeline`), the work on Starlette's thread pool. No Ray, no registry, no admission, no
-stages. `make bench` runs it beside the served platform (issue 11):
+stages. `make bench` runs it beside the served platform:
 
     .venv/bin/python -m load_tests.plain_server --model demo_models/detector.onnx --port 8600
 """

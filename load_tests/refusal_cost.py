@@ -1,4 +1,4 @@
-"""What a refusal costs the server (issue 12): wrk floods one model with a tight budget and no
+"""What a refusal costs the server: wrk floods one model with a tight budget and no
 pause, so nearly every answer is a 503 `overloaded`; the ingress replica's CPU is measured.
 
     .venv/bin/python -m load_tests.refusal_cost [--connections 16] [--budget-ms 300] [--seconds 15]

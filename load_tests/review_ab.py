@@ -1,4 +1,4 @@
-"""What the review queue's capture costs a request (issue 15): capture off against capture of a
+"""What the review queue's capture costs a request: capture off against capture of a
 share of the predictions (`--sample-rate`, default 1: every one, the worst case), two apps in one
 cluster, wrk taking turns on each, several rounds; medians of p50, p99 and img/s.
 

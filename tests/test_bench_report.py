@@ -1,4 +1,4 @@
-"""make bench's arithmetic (load_tests/bench.py): per-round ratios and the issue-11 checks, no Ray."""
+"""make bench's arithmetic (load_tests/bench.py): per-round ratios and the targets' checks, no Ray."""
 
 from load_tests.bench import Row, compare, median_row, paired_ratio
 

@@ -99,7 +99,7 @@ def test_at_most_max_in_flight_calls_per_key():
 
 
 def test_items_whose_callers_have_gone_are_not_sent():
-    """Issue 12, finding 4: requests abandoned by their clients still ran on the model."""
+    """Requests abandoned by their clients still ran on the model."""
 
     async def main():
         down = Downstream(delay_s=0.05)
@@ -119,7 +119,7 @@ def test_items_whose_callers_have_gone_are_not_sent():
 
 
 def test_an_item_that_cannot_finish_within_its_budget_is_refused_at_once():
-    """Issue 12, finding 3: admission predicts the wait from the queue ahead and the measured
+    """Admission predicts the wait from the queue ahead and the measured
     seconds per item, and refuses (with when to retry) instead of queueing without bound."""
 
     async def main():

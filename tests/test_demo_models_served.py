@@ -21,7 +21,7 @@ import requests
 from demo_models import evaluate
 from serve.app_deploy import app_config, deploy, wait_ready
 
-# The bars of the issue; the in-process figures are in demo_models/README.md.
+# The quality bars; the in-process figures are in demo_models/README.md.
 MIN_MAP50 = 0.90
 MIN_TOP1 = 0.95
 # Not a seed the models were trained or tuned on: the generator's eval split is never trained on.
@@ -92,7 +92,7 @@ def images_run_and_dropped(base: str, model: str) -> tuple[int, int]:
 
 
 def test_images_whose_deadline_passes_while_queued_never_reach_the_model(demo_api):
-    """Issue 12, finding 4: work nobody waits for is not run. A burst on a model with no cost
+    """Work nobody waits for is not run. A burst on a model with no cost
     measured yet is admitted; the images still queued when their 20 ms budget is gone are
     dropped before their run (503 `deadline_exceeded`), and the model runs exactly once per 200."""
     data = (Path(evaluate.__file__).parent / "samples" / "shapes_640x480.jpg").read_bytes()

@@ -1,4 +1,4 @@
-"""Issue 12, finding 5: no single ingress replica is the service. Two replicas of the shipped
+"""No single ingress replica is the service. Two replicas of the shipped
 application share the own HTTP port (SO_REUSEPORT); killing one leaves the other answering."""
 
 from __future__ import annotations

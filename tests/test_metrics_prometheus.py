@@ -1,4 +1,4 @@
-"""Issue 13: the platform's metrics, scraped by a real Prometheus with the config `make up` writes.
+"""The platform's metrics, scraped by a real Prometheus with the config `make up` writes.
 
 The Debian `prometheus` binary is started on a free port with visionray/prometheus_config.py's config
 (file-SD on Ray's discovery file); requests go over real HTTP to a real Serve app; the answers

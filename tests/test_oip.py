@@ -1,4 +1,4 @@
-"""Issue 14: the Open Inference Protocol v2, spoken to by clients nobody here wrote.
+"""The Open Inference Protocol v2, spoken to by clients nobody here wrote.
 
 tritonclient (PyPI), HTTP and gRPC, against the shipped application on its own HTTP and gRPC
 ports: health, metadata, readiness, inference with one image and with a batch of 4, binary data

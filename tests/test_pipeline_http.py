@@ -185,7 +185,7 @@ def test_hostile_images_are_refused_not_crashed(api):
 
 
 def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_bounded(api):
-    """Issue 12, finding 6: 42 KB JPEGs declaring 20000x20000 behind three fill bytes (once decoded
+    """42 KB JPEGs declaring 20000x20000 behind three fill bytes (once decoded
     at 2.9 GB each) and PNGs declaring 50000x50000, sent 40 at a time: each a JSON 400, and the
     ingress replica's resident memory grows by less than 200 MB."""
     jpeg = BUS_JPG.read_bytes()
@@ -274,7 +274,7 @@ def raw_http(base: str, payload: bytes) -> str:
     b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 ], ids=["bad-content-length", "100KB-path"])
 def test_requests_the_http_layer_cannot_parse_get_the_json_error_too(api, request_bytes):
-    """Issue 12, finding 7: uvicorn's own 400s were text/plain without a request id."""
+    """Uvicorn's own 400s were text/plain without a request id."""
     answer = raw_http(api, request_bytes)
     head, _, body = answer.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 400") and "content-type: application/json" in head.lower(), head
@@ -283,7 +283,7 @@ def test_requests_the_http_layer_cannot_parse_get_the_json_error_too(api, reques
 
 
 def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
-    """Issue 12, finding 5: 70 connections sending 1 byte/s used to block all traffic for 30 s
+    """70 connections sending 1 byte/s used to block all traffic for 30 s
     (Serve's replica slots). On the ingress's own port a slow client holds a coroutine, not a slot,
     and its body is cut off after `body_timeout_s` with a JSON 408."""
     host, port = api.removeprefix("http://").split(":")
@@ -326,12 +326,12 @@ def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
 
 
 def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api):
-    """Issue 12, finding 3: far past capacity, every answer is a 200 or a JSON 503 `overloaded`
+    """Far past capacity, every answer is a 200 or a JSON 503 `overloaded`
     with Retry-After, at once, and none waits for Serve's 30 s timeout (before admission: p50
     8.5 s, then 408s). 20 Python client threads on the same 2 cores as the server, 0.5 s budget,
-    ~10x capacity. Session 6 (2-core AMD EPYC, 2026-12-01): 57 x 200 p50 0.34 s / p99 0.55 s,
+    ~10x capacity. On a 2-core AMD EPYC: 57 x 200 p50 0.34 s / p99 0.55 s,
     3,544 refusals p50 27 ms / p99 63 ms alone; in the whole suite's run on CI the admitted p99
-    reached 1.0 s. Session 5 on a ~3x slower VM: 18 x 200 p50 0.43 s / p99 1.08 s, refusals p50
+    reached 1.0 s. On a ~3x slower 2-core AMD EPYC: 18 x 200 p50 0.43 s / p99 1.08 s, refusals p50
     52 ms / p99 128 ms. Asserted with room for such a VM: refusals p50 under 150 ms and p99 under
     500 ms (before reservations the median alone was 0.15-0.25 s), admitted p99 under 4x the
     budget (before admission: p50 8.5 s)."""
@@ -369,7 +369,7 @@ def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api
 
 
 def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_is_back(api):
-    """Issue 12, finding 2. Kept last in this module: it kills the module's Inference replica.
+    """Kept last in this module: it kills the module's Inference replica.
 
     Before: in-flight requests hung until Serve's 30 s timeout (plain-text 408), /readyz said 200
     throughout. Now every failure is a JSON 503 within the request's budget (+ slack); once one

@@ -281,7 +281,7 @@ def test_server_register_resolve_download_then_cache_only(server, tmp_path, clas
     # Cached: served from disk; a dead registry is never contacted.
     assert registry.download_version("served", version, cache, tracking_uri="http://127.0.0.1:9") == path
 
-    # Plain MLflow clients can fetch the version by URI, as the issue asks.
+    # Plain MLflow clients can fetch the version by URI.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     plain = mlflow.artifacts.download_artifacts(f"models:/served/{version}", dst_path=str(tmp_path / "plain"))
     assert file_sha256(Path(plain) / "model.onnx") == tags[registry.TAG_SHA256]
@@ -310,7 +310,7 @@ def test_two_processes_downloading_one_version_download_it_once(server, tmp_path
 
 
 def test_a_lost_registry_never_empties_the_catalog_and_is_never_recreated(tmp_path, data_dir, uri, classifier):
-    """Issue 12, finding 1: a replica restarted while the sqlite store was moved away created a
+    """A replica restarted while the sqlite store was moved away created a
     fresh empty store at that path and served nothing. Now: the store is never created, the
     cached catalog survives, the outage is reported, and the store is used again once back."""
     import asyncio

@@ -221,7 +221,7 @@ def _replica_pids(app: str) -> set[int]:
 
 
 def test_registry_gone_and_the_replica_killed_keeps_serving_from_the_cache(served, backend):
-    """Issue 12, finding 1, as it was seen: the sqlite store moved away, then the serving replica
+    """The sqlite store moved away, then the serving replica
     killed. The new replica serves the cached catalog, creates nothing at the store's path and
     reports `registry_error`; once the store is back it recovers without a restart."""
     kind, uri, _ = backend

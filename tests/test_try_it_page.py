@@ -1,4 +1,4 @@
-"""Issue 15 served: the try-it page in a real browser, and the review queue filling from real
+"""The try-it page in a real browser, and the review queue filling from real
 predictions. Headless Chromium (Debian package `chromium`) driven by Playwright; skipped with a
 reason where either is absent."""
 
