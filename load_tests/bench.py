@@ -1,5 +1,5 @@
 """One command, one table: visionray served over HTTP against its own in-process limit and the
-single-process server a user would write instead (issue 11's targets, PASS/FAIL per target).
+single-process server a user would write instead, with PASS/FAIL per target.
 
     .venv/bin/python -m load_tests.bench                 # or: make bench
     .venv/bin/python -m load_tests.bench --autoscale     # plus the ramp run and its PNG
@@ -14,13 +14,12 @@ present, a slow one (YOLOv8n int8 on bus.jpg). For each, in the same run, on the
 3. served: an isolated Ray cluster of its own running serve/config.yaml's application (or
    serve/edge.yaml's, stages as deployments, with --stages deployments), on its own HTTP port.
 Load: closed loop at each concurrency, from wrk (load_tests/wrk_post.lua; Debian package `wrk`)
-where it is installed, else locust (FastHttpUser). wrk is the default because it is the client
-the issue's figures came from and costs about 0.1 ms of CPU per request to locust's ~2
-(load_tests/cpu_probes.py clients): on 2 cores the load generator competes with the server it
-measures. CPU ms per request counts every
-process of the cluster (Ray's own included) or the plain server, from psutil; the load
-generator's own CPU is reported in a column of its own and not counted; neither is Ray's log
-monitor, which `make up` does not run (ray.init, used here, cannot leave it out).
+where it is installed, else locust (FastHttpUser). wrk is the default because it costs about
+0.1 ms of CPU per request to locust's ~2: on 2 cores the load generator competes with the server
+it measures. CPU ms per request counts every process of the cluster (Ray's own included) or the
+plain server, from psutil; the load generator's own CPU is reported in a column of its own and
+not counted; neither is Ray's log monitor, which `make up` does not run (ray.init, used here,
+cannot leave it out).
 Writes load_tests/results/<stamp>/bench.{json,md}.
 """
 
@@ -29,14 +28,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -46,17 +42,30 @@ import psutil
 
 from core.local_pipeline import LocalPipeline
 from core.onnx_backend import BackendSettings, cores_available
-from serve.app_deploy import app_config, deploy, free_port, wait_ready
-from visionray.platform import RAY_TUNING_ENV
+from load_tests.harness import (
+    FAST_IMAGE,
+    FAST_MODEL,
+    LOCUSTFILE,
+    PROJECT_ROOT,
+    RESULTS,
+    SLOW_IMAGE,
+    SLOW_MODEL,
+    CpuMeter,
+    LoadResult,
+    ServedCluster,
+    batching_deployment,
+    machine,
+    percentile,
+    ray_env,
+    run_wrk,
+    settle,
+    shipped_app,
+    slow_available,
+)
+from serve.app_deploy import free_port, wait_ready
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = PROJECT_ROOT.parent / "shared" / "models"
-RESULTS = PROJECT_ROOT / "load_tests" / "results"
-LOCUSTFILE = PROJECT_ROOT / "load_tests" / "locustfile.py"
-WRK_SCRIPT = PROJECT_ROOT / "load_tests" / "wrk_post.lua"
 DEVICE_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
-DEMO = PROJECT_ROOT / "demo_models"
-# Issue 11's targets, checked at the end of every run. A model is "fast" when the in-process
+# The targets, checked at the end of every run. A model is "fast" when the in-process
 # pipeline costs at most FAST_MODEL_CPU_MS of CPU per request.
 FAST_MODEL_CPU_MS = 20.0
 FAST = {"c8_ratio": 0.85, "c8_vs_plain": 0.85, "cpu_ratio": 1.3, "c1_p50_extra_ms": 5.0}
@@ -85,24 +94,13 @@ class Row:
     round_p50_ms: list[float] | None = None
 
 
-FAST_MODEL, FAST_IMAGE = DEMO / "detector.onnx", DEMO / "samples" / "shapes_640x480.jpg"
-SLOW_MODEL, SLOW_IMAGE = SHARED_MODELS / "yolov8n_quantized_int8.onnx", SHARED_MODELS / "images" / "bus.jpg"
-
-
-def slow_or_fast() -> tuple[Path, Path]:
-    """(model, image): the slow YOLOv8n int8 on bus.jpg where ../shared/models has it, else the demo
-    detector (the default of the load scenarios that need a model to overload)."""
-    return (SLOW_MODEL, SLOW_IMAGE) if SLOW_MODEL.is_file() and SLOW_IMAGE.is_file() else (FAST_MODEL, FAST_IMAGE)
-
-
 def default_workloads() -> list[tuple[str, Path, Path]]:
     """(label, model, image): the fast demo detector, and the slow YOLOv8n int8 where it is."""
     out = [("fast", FAST_MODEL, FAST_IMAGE)]
-    model, image = SLOW_MODEL, SLOW_IMAGE
-    if model.is_file() and image.is_file():
-        out.append(("slow", model, image))
+    if slow_available():
+        out.append(("slow", SLOW_MODEL, SLOW_IMAGE))
     else:
-        print(f"note: {model} not found: the slow-model targets are not measured", flush=True)
+        print(f"note: {SLOW_MODEL} not found: the slow-model targets are not measured", flush=True)
     return out
 
 
@@ -140,32 +138,9 @@ def paired_ratio(row: Row, ref: Row, attr: str) -> float:
     return getattr(row, field) / getattr(ref, field)
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
 # ---------------------------------------------------------------------------------------
 # 1. In-process limit
 # ---------------------------------------------------------------------------------------
-
-
-def settle(max_wait_s: float = 15.0, window_s: float = 0.3, busy_below: float = 0.25) -> None:
-    """Wait until the machine is nearly idle (under `busy_below` of its cores busy over a window),
-    at most `max_wait_s`.
-
-    wrk stops at its duration with a request in flight on every connection and drops them, but
-    the server still computes them: at the slow model's concurrency 8 that is ~8 runs of 80-130 ms
-    of CPU. Without this wait that work lands in the next measurement (the next round, or the
-    measured run right after the warm-up), whichever setup it is.
-    """
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max_wait_s:
-        before = psutil.cpu_times()
-        time.sleep(window_s)
-        after = psutil.cpu_times()
-        busy = sum(after) - after.idle - after.iowait - (sum(before) - before.idle - before.iowait)
-        if busy / (window_s * (psutil.cpu_count() or 1)) < busy_below:
-            return
 
 
 def lone_cpu_ms(pipeline: LocalPipeline, data: bytes, calls: int = 5) -> float:
@@ -214,58 +189,6 @@ def in_process(label: str, pipeline: LocalPipeline, data: bytes, concurrency: in
 # ---------------------------------------------------------------------------------------
 
 
-class ServedCluster:
-    """An isolated Ray cluster running the shipped application with the benchmark's models."""
-
-    def __init__(self, models: dict[str, Path], providers: list, intra_op_threads: int, user_config: dict,
-                 num_cpus: int, stages: str, app_args: dict | None = None, ingress_replicas: int = 1):
-        import ray
-        from ray import serve
-
-        self.temp_dir = tempfile.mkdtemp(prefix="vrb", dir="/tmp")
-        ray.init(address="local", num_cpus=num_cpus, _temp_dir=self.temp_dir, include_dashboard=True,
-                 dashboard_port=free_port(), logging_level="WARNING", log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                    logging_config={"enable_access_log": False})
-        self.port = free_port()  # the ingress's own HTTP port: the way in that make up serves on
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.models = models
-        self.backend = {"providers": providers, "intra_op_threads": intra_op_threads}
-        self.user_config = user_config
-        self.stages = stages
-        self.app_args = app_args or {}
-        self.ingress_replicas = ingress_replicas
-
-    def deploy(self, autoscaling: bool) -> None:
-        models = [{"name": name, "path": str(path)} for name, path in self.models.items()]
-        app = app_config("visionray", "/", models, stages=self.stages, http_port=self.port,
-                         **{"backend": self.backend, **self.app_args})
-        batching = next(d for d in app["deployments"] if d["name"] in ("Inference", "Ingress"))
-        batching["user_config"] = {**batching.get("user_config", {}), **self.user_config}
-        app["deployments"][0]["num_replicas"] = self.ingress_replicas  # the ingress
-        if autoscaling:  # app_config pins one replica each; put the shipped autoscaling back
-            shipped = {d["name"]: d for d in shipped_deployments(self.stages)}
-            for d in app["deployments"]:
-                d.pop("num_replicas")
-                d["autoscaling_config"] = shipped[d["name"]]["autoscaling_config"]
-        deploy([app])
-        wait_ready(f"{self.url}/readyz")
-
-    def processes(self) -> list[psutil.Process]:
-        # Not counted: the load generator, and Ray's log monitor, which `make up` does not start
-        # (visionray/platform.py) but ray.init cannot leave out.
-        me = psutil.Process()
-        return [p for p in me.children(recursive=True)
-                if not any(skip in " ".join(safe_cmdline(p)) for skip in ("locust", "log_monitor.py"))]
-
-    def shutdown(self) -> None:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-
-
 class PlainServer:
     """load_tests/plain_server.py in a process of its own."""
 
@@ -286,70 +209,8 @@ class PlainServer:
         self.proc.wait(10)
 
 
-def shipped_app(stages: str = "in_process") -> dict:
-    import yaml
-
-    config = "config.yaml" if stages == "in_process" else "edge.yaml"
-    return yaml.safe_load((PROJECT_ROOT / "serve" / config).read_text())["applications"][0]
-
-
-def shipped_deployments(stages: str = "in_process") -> list[dict]:
-    return shipped_app(stages)["deployments"]
-
-
 def shipped_batching(stages: str) -> dict:
-    return next(d for d in shipped_deployments(stages) if d["name"] in ("Inference", "Ingress"))["user_config"]
-
-
-def safe_cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:
-        return []
-
-
-def cpu_seconds(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
-    """pid -> (what the process is, its user + system CPU seconds so far)."""
-    out = {}
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            out[p.pid] = (process_kind(p), t.user + t.system)
-        except psutil.Error:
-            pass
-    return out
-
-
-def cpu_ms_per_request_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-                               requests: int) -> dict[str, float]:
-    """CPU ms per request by process kind, between two `cpu_seconds` readings."""
-    out: dict[str, float] = {}
-    for pid, (kind, seconds) in after.items():
-        out[kind] = out.get(kind, 0.0) + (seconds - before.get(pid, (kind, 0.0))[1]) * 1000 / max(requests, 1)
-    return out
-
-
-def process_kind(p: psutil.Process) -> str:
-    """`ray::ServeReplica:visionray:Inference` -> `Inference`; `.../raylet` -> `raylet`; scripts by name."""
-    argv = safe_cmdline(p) or [p.name()]
-    first = argv[0]
-    if first.startswith("ray::"):  # actors retitle themselves with the running method
-        return first.rsplit(":", 1)[-1].split(".")[0]
-    if first.startswith("ray-dashboard-"):
-        return "dashboard"
-    scripts = [a for a in argv[1:] if a.endswith(".py")]
-    return Path(scripts[0] if scripts else first.split()[0]).name
-
-
-@dataclass
-class LoadResult:
-    requests: int
-    rps: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    failures: int
-    client_cpu_ms: float  # the load generator's CPU per request
+    return batching_deployment(shipped_app(stages)["deployments"])["user_config"]
 
 
 def children_cpu_s() -> float:
@@ -370,27 +231,6 @@ def run_locust(url: str, model: str, users: int, duration_s: float, image: Path,
     return total
 
 
-def run_wrk(url: str, image: Path, connections: int, duration_s: float,
-            headers: dict[str, str] | None = None) -> dict:
-    """wrk, closed loop, POSTing `image` to `url`: its summary (load_tests/wrk_post.lua's WRK_JSON)."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--timeout", "30s", "-s", str(WRK_SCRIPT),
-               url]
-    env = {**os.environ, "WRK_IMAGE": str(image),
-           "WRK_CONTENT_TYPE": "image/png" if image.suffix.lower() == ".png" else "image/jpeg",
-           "WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())}
-    for attempt in (1, 2):
-        try:
-            # wrk 4.1 was seen (once, this EPYC) to sleep for ever after its duration: bounded.
-            out = subprocess.run(command, check=True, capture_output=True, text=True, env=env,
-                                 timeout=duration_s + 30).stdout
-            break
-        except subprocess.TimeoutExpired:
-            if attempt == 2:
-                raise
-            print(f"wrk did not finish within {duration_s + 30:.0f} s; running it again", flush=True)
-    return json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
-
-
 def run_load(client: str, url: str, model: str, users: int, duration_s: float, image: Path,
              out_prefix: Path, oip_batch: int = 0) -> LoadResult:
     """Closed-loop load with `users` connections; the client's own CPU is measured too. With
@@ -407,7 +247,7 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
         stats = run_locust(url, model, users, duration_s, image, out_prefix)
         n = int(stats["Request Count"])
         result = LoadResult(n, float(stats["Requests/s"]), float(stats["50%"]), float(stats["95%"]),
-                            float(stats["99%"]), int(stats["Failure Count"]), 0.0)
+                            float(stats["99%"]), int(stats["Failure Count"]))
     else:
         result = _wrk_load(run_wrk(f"{url}/v1/models/{model}/predict", image, users, duration_s), out_prefix)
     result.client_cpu_ms = (children_cpu_s() - cpu0) * 1000 / max(result.requests, 1)
@@ -416,9 +256,7 @@ def run_load(client: str, url: str, model: str, users: int, duration_s: float, i
 
 def _wrk_load(summary: dict, out_prefix: Path) -> LoadResult:
     Path(f"{out_prefix}.json").write_text(json.dumps(summary))
-    n = summary["requests"]
-    return LoadResult(n, n / (summary["duration_us"] / 1e6), summary["p50_us"] / 1000, summary["p95_us"] / 1000,
-                      summary["p99_us"] / 1000, summary["non_2xx"] + summary["socket_errors"], 0.0)
+    return LoadResult.from_wrk(summary)
 
 
 def served(label: str, setup: str, server: ServedCluster | PlainServer, image: Path, concurrency: int,
@@ -432,12 +270,10 @@ def served(label: str, setup: str, server: ServedCluster | PlainServer, image: P
     connections = max(1, concurrency // oip_batch) if oip_batch else concurrency
     run_load(client, server.url, label, connections, 3, image, out_dir / f"warmup_{name}", oip_batch)
     settle()
-    procs = server.processes()
-    before = cpu_seconds(procs)
-    load = run_load(client, server.url, label, connections, duration_s, image, out_dir / name, oip_batch)
-    after = cpu_seconds(procs)
+    with CpuMeter(server.processes()) as cpu:
+        load = run_load(client, server.url, label, connections, duration_s, image, out_dir / name, oip_batch)
     images = max(load.requests, 1) * (oip_batch or 1)
-    by_kind = cpu_ms_per_request_by_kind(before, after, images)
+    by_kind = cpu.ms_per_request(images)
     cpu_breakdown = {k: round(v, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]) if v >= 0.05}
     return Row(label, setup, concurrency, images, load.rps * (oip_batch or 1), load.p50_ms, load.p95_ms,
                load.p99_ms, load.failures, sum(by_kind.values()), cpu_breakdown,
@@ -613,15 +449,6 @@ def markdown(meta: dict, table: list[dict], checks: list[str], autoscale: dict |
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total >> 30} GiB, {platform.system()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="one model instead of the default fast + slow pair")
@@ -655,13 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.intra_op_threads is None:
         args.intra_op_threads = shipped_app(args.stages)["args"]["backend"]["intra_op_threads"]
-    if not args.ray_defaults:
-        args.env = [f"{k}={v}" for k, v in RAY_TUNING_ENV.items()] + args.env
-    for item in args.env:
-        name, _, value = item.partition("=")
-        os.environ[name] = value
+    args.env = ray_env(args.env, tuning=not args.ray_defaults)
     if args.model:
-        workloads = [(args.model.stem, args.model, args.image or DEMO / "samples" / "shapes_640x480.jpg")]
+        workloads = [(args.model.stem, args.model, args.image or FAST_IMAGE)]
     else:
         workloads = default_workloads()
 
@@ -689,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_served:
             if not args.no_plain:
                 plains = {label: PlainServer(model, providers, args.intra_op_threads) for label, model, _ in workloads}
-            cluster = ServedCluster({label: model for label, model, _ in workloads}, providers,
-                                    args.intra_op_threads, args.user_config, num_cpus=max(4, os.cpu_count() or 1),
+            cluster = ServedCluster({label: model for label, model, _ in workloads}, providers=providers,
+                                    intra_op_threads=args.intra_op_threads, user_config=args.user_config,
                                     stages=args.stages, app_args=args.app_args)
             cluster.deploy(autoscaling=False)
         for label, model, image in workloads:
