@@ -22,12 +22,10 @@ from pathlib import Path
 
 import requests
 
-from load_tests.bench import DEMO, FAST_IMAGE, ServedCluster, machine, run_wrk
+from load_tests.harness import DEMO, FAST_IMAGE, PROJECT_ROOT, ServedCluster, machine, ray_env, run_wrk
 from serve.app_deploy import free_port, wait_ready
 from visionray.grafana_dashboard import PANELS
 from visionray.prometheus_config import service_discovery_file, write_prometheus_config
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -43,11 +41,12 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     models = {"shapes-detector": DEMO / "detector.onnx", "shapes-classifier": DEMO / "classifier.onnx"}
-    cluster = ServedCluster(models, ["CPUExecutionProvider"], 1, {}, 4, "in_process")
+    ray_env()  # as make up runs Ray
+    cluster = ServedCluster(models, num_cpus=4)
     tmp = Path(tempfile.mkdtemp(prefix="vrsnap"))
     prometheus = None
     try:
-        cluster.deploy(autoscaling=False)
+        cluster.deploy()
         sd = service_discovery_file(cluster.temp_dir)
         while not sd.exists():
             time.sleep(0.5)

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-from load_tests.bench import ServedCluster, cpu_seconds, machine, percentile, slow_or_fast
+from load_tests.harness import CpuMeter, ServedCluster, machine, percentile, ray_env, slow_or_fast
 
 
 def step(cluster: ServedCluster, data: bytes, clients: int, seconds: float, budget_ms: int) -> dict:
     """One step of `clients` closed-loop threads; also the CPU each side spent (the client threads
     run in this process, on the same cores as the server)."""
     url = cluster.url
-    procs = cluster.processes()
-    server0, client0 = cpu_seconds(procs), time.process_time()
+    client0 = time.process_time()
     results: list[tuple[int, str | None, float, float | None]] = []
     lock = threading.Lock()
     start = time.monotonic()
@@ -52,17 +50,16 @@ def step(cluster: ServedCluster, data: bytes, clients: int, seconds: float, budg
             with lock:
                 results.append((status, code, (time.monotonic() - t0) * 1000, server_ms))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with CpuMeter(cluster.processes()) as cpu:
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     elapsed = time.monotonic() - start
     client_s = time.process_time() - client0
-    server1 = cpu_seconds(procs)
-    server_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items())
-    pipeline_s = sum(spent - server0.get(pid, (kind, 0.0))[1] for pid, (kind, spent) in server1.items()
-                     if kind == "Ingress")
+    spent = cpu.seconds()
+    server_s, pipeline_s = sum(spent.values()), spent.get("Ingress", 0.0)
     ok = [ms for status, _, ms, _ in results if status == 200]
     ok_server = [ms for status, _, _, ms in results if status == 200]
     refused = [ms for status, code, ms, _ in results if code == "overloaded"]
@@ -90,11 +87,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--step-s", type=float, default=15)
     args = ap.parse_args()
-    cluster = ServedCluster({"m": args.model}, ["CPUExecutionProvider"], 1, {}, max(4, os.cpu_count() or 1),
-                            "in_process")
+    ray_env()  # as make up runs Ray
+    cluster = ServedCluster({"m": args.model})
     rows = []
     try:
-        cluster.deploy(autoscaling=False)
+        cluster.deploy()
         data = args.image.read_bytes()
         step(cluster, data, 1, 3, args.budget_ms)  # warm: admission has measured the model
         for clients in args.steps:
