@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from core.errors import DataPlaneError
+from core import errors
 
 
 @dataclass(frozen=True)
@@ -23,14 +23,14 @@ def number(values: Mapping, name: str, kind, default, lo, hi, lo_open: bool = Fa
     if raw is None or raw == "":
         return default
     if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
-        raise DataPlaneError(422, "invalid_parameter", f"{name}={raw!r} is not a valid {kind.__name__}")
+        raise errors.invalid_parameter(f"{name}={raw!r} is not a valid {kind.__name__}")
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise DataPlaneError(422, "invalid_parameter", f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        raise errors.invalid_parameter(f"{name}={raw!r} is not a valid {kind.__name__}") from None
     if value != value or value > hi or value < lo or (lo_open and value == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise DataPlaneError(422, "invalid_parameter", f"{name}={raw} is out of range {bound}")
+        raise errors.invalid_parameter(f"{name}={raw} is out of range {bound}")
     return value
 
 

@@ -2,7 +2,8 @@
 
     admit(resolved, n, budget)        -> refuse now, before a body is read, or go on
     predict(resolved, images, params, budget, record) -> one result per image, in order
-    serving / serving_version / names / describe / readiness / model_detail
+    readiness / model_ready / model_detail
+    catalog                            -> which version answers; describe (deployments/catalog.py)
 
 The /v1 HTTP API (serve/protocols/v1_http.py), the Open Inference Protocol over REST
 (oip_rest.py) and gRPC (oip_grpc.py), and camera streams (streams.py) only parse and encode
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,13 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 from ray.serve.exceptions import BackPressureError
 
-from core.errors import RETRY_AFTER_S, DataPlaneError, overloaded, shown
+from core import errors
+from core.errors import DataPlaneError, shown
 from core.image_codec import ImageDecodeError, decode_image, to_bgr8
 from core.predict_params import PredictParams
 from core.preprocessing import prepare_image
 from core.text import one_line
 from deployments.alias_watcher import AliasWatcher
 from deployments.call_grouping import CallGrouper, Overloaded
+from deployments.catalog import Catalog
 from deployments.metrics import METRICS, UNKNOWN_MODEL, request_log_line
 from deployments.placement import node_id, node_info
 from deployments.recent_stats import RecentStats
@@ -71,6 +73,7 @@ class DataPlane:
         self.cfg = cfg
         self.stages = stages
         self.watcher = watcher
+        self.catalog = Catalog(watcher, cfg.registry.serving_alias, cfg.registry.aliases)
         self.serving_alias = cfg.registry.serving_alias
         self.aliases = cfg.registry.aliases
         self.grouper = CallGrouper(self._send_group, cfg.max_group, cfg.max_in_flight,
@@ -96,7 +99,7 @@ class DataPlane:
         except Overloaded as exc:
             raise self._overloaded(resolved, budget_s, exc) from None
         except StageUnavailable as exc:
-            raise _stage_unavailable(exc) from None
+            raise errors.stage_unavailable(one_line(exc)) from None
 
     async def predict(self, resolved: ResolvedModel, images: list[ImageInput], params: PredictParams,
                       budget_s: float, record: RequestRecord, t0: float | None = None) -> list[dict]:
@@ -138,21 +141,19 @@ class DataPlane:
         except Overloaded as exc:
             raise self._overloaded(resolved, budget_s, exc) from None
         except BackPressureError:
-            raise overloaded("the pipeline is at capacity; retry shortly") from None
+            raise errors.overloaded("the pipeline is at capacity; retry shortly") from None
         except (*STAGE_FAILURES, StageUnavailable) as exc:
             # A stage replica died or is restarting (Serve's own failures; errors in a stage's code
             # arrive as RayTaskError): predict is idempotent, the client may retry.
             log.warning("a stage is unavailable: %s", one_line(exc))
-            raise _stage_unavailable(exc) from None
+            raise errors.stage_unavailable(one_line(exc)) from None
         finally:
             for reservation in reservations:
                 reservation.release()  # a bad body, a decode error, a client gone: its place is free
 
         if any(result.get("expired") for result in results):
             # Inference dropped it unrun: its deadline passed while it waited for the model.
-            raise DataPlaneError(503, "deadline_exceeded", f"model {shown(resolved.name)} could not start "
-                                 f"within the {budget_s * 1000:.0f} ms budget; retry later",
-                                 {"Retry-After": RETRY_AFTER_S})
+            raise errors.deadline_exceeded(resolved.name, budget_s)
         total_ms = round((time.perf_counter() - t0) * 1000, 2)
         out = []
         for (_, meta), result in zip(prepared, results):
@@ -194,8 +195,8 @@ class DataPlane:
 
     def _overloaded(self, resolved: ResolvedModel, budget_s: float, exc: Overloaded) -> DataPlaneError:
         METRICS.inc("shed", model=resolved.name, version=resolved.version)
-        return overloaded(f"model {shown(resolved.name)} cannot answer within the {budget_s * 1000:.0f} ms "
-                          f"budget now ({exc}); retry later", str(max(1, math.ceil(exc.retry_after_s))))
+        return errors.overloaded(f"model {shown(resolved.name)} cannot answer within the {budget_s * 1000:.0f} ms "
+                                 f"budget now ({exc}); retry later", exc.retry_after_s)
 
     async def _send_group(self, key: str, items: list) -> list[dict]:
         images, confs, metas, params, deadlines = (list(column) for column in zip(*items))
@@ -209,96 +210,45 @@ class DataPlane:
     def _prepare(self, image: ImageInput, resolved: ResolvedModel):
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise DataPlaneError(400, "invalid_image", f"pixels must be HxWx3 uint8, got {image.dtype} "
-                                     f"{list(image.shape)}")
+                raise errors.invalid_image(f"pixels must be HxWx3 uint8, got {image.dtype} {list(image.shape)}")
             if image.shape[0] * image.shape[1] > self.cfg.max_image_pixels:
-                raise DataPlaneError(400, "invalid_image", f"image is {image.shape[1]}x{image.shape[0]}; the "
-                                     f"limit is {self.cfg.max_image_pixels} pixels")
+                raise errors.invalid_image(f"image is {image.shape[1]}x{image.shape[0]}; the limit is "
+                                           f"{self.cfg.max_image_pixels} pixels")
             img = to_bgr8(np.ascontiguousarray(image[:, :, ::-1]))
         else:
             try:
                 img = decode_image(image, self.cfg.max_image_pixels)
             except ImageDecodeError as exc:
-                status, code = (415, "unsupported_media_type") if exc.unsupported_type else (400, "invalid_image")
-                raise DataPlaneError(status, code, str(exc)) from None
+                if exc.unsupported_type:
+                    raise errors.unsupported_media_type(str(exc)) from None
+                raise errors.invalid_image(str(exc)) from None
         return prepare_image(img, resolved.spec.preprocessing)
 
-    # -- which version serves ---------------------------------------------------------------
+    # -- which version serves: the catalog's, for callers that hold only the plane -------------
     def serving(self, name: str, alias: str | None = None) -> ResolvedModel:
-        """The version `alias` (default: the serving alias) serves now; read once per request."""
-        alias = alias or self.serving_alias
-        if alias not in self.aliases:
-            raise DataPlaneError(404, "alias_not_served",
-                                 f"alias {shown(alias)} is not served; served aliases: {self.aliases}")
-        resolved = self.watcher.serving.get(alias, {}).get(name)
-        if resolved is not None:
-            return resolved
-        st = self.watcher.states.get((alias, name))
-        if st is None or (st.version is None and st.previous is not None and not st.error):
-            raise self.unknown(name, alias)
-        if st.error:
-            raise DataPlaneError(503, "model_unavailable",
-                                 f"model {name!r}@{alias} version {st.failed_version} cannot serve: {st.error}",
-                                 {"Retry-After": "30"})
-        raise DataPlaneError(503, "model_loading", f"model {name!r}@{alias} is loading", {"Retry-After": "5"})
+        return self.catalog.serving(name, alias)
 
     def served_versions(self, name: str) -> dict[str, ResolvedModel]:
-        """version -> the ResolvedModel serving it, over every served alias."""
-        out = {}
-        for alias in self.aliases:
-            resolved = self.watcher.serving.get(alias, {}).get(name)
-            if resolved is not None:
-                out.setdefault(resolved.version, resolved)
-        return out
+        return self.catalog.served_versions(name)
 
     def serving_version(self, name: str, version: str | None) -> tuple[ResolvedModel, str]:
-        """(the model, the alias it is served under) for an explicit version, as OIP addresses it;
-        no version: the serving alias's. A version that no alias serves now is `version_not_served`."""
-        if not version:
-            return self.serving(name), self.serving_alias
-        if name not in self.names():
-            raise self.unknown(name)
-        for alias in [self.serving_alias, *self.aliases]:
-            resolved = self.watcher.serving.get(alias, {}).get(name)
-            if resolved is not None and resolved.version == version:
-                return resolved, alias
-        served = sorted(self.served_versions(name))
-        raise DataPlaneError(404, "version_not_served", f"version {shown(version)} of model {shown(name)} is not "
-                             f"served; served versions: {served} (serve it by pointing an alias at it)")
+        return self.catalog.serving_version(name, version)
 
     def names(self) -> list[str]:
-        return sorted({name for (_, name) in self.watcher.states})
+        return self.catalog.names()
 
     def unknown(self, name: str, alias: str | None = None) -> DataPlaneError:
-        where = f" under alias {alias!r}" if alias else ""
-        return DataPlaneError(404, "model_not_found",
-                              f"no model named {shown(name)} is served{where}; served: {self.names()}")
+        return self.catalog.unknown(name, alias)
 
-    # -- describe -------------------------------------------------------------------------
     def describe(self, name: str) -> dict:
-        aliases = {}
-        for alias in self.aliases:
-            st = self.watcher.states.get((alias, name))
-            if st is None:
-                continue
-            entry = {"version": st.version, "state": st.state, "previous": st.previous}
-            if st.error:
-                entry.update(failed_version=st.failed_version, error=st.error, attempts=st.attempts)
-            aliases[alias] = entry
-        main = aliases.get(self.serving_alias) or next(iter(aliases.values()), {"state": "not_served"})
-        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
-        out = {"version": main.get("version"), "alias": self.serving_alias, "state": main["state"],
-               "task": resolved.spec.task if resolved else None, "aliases": aliases}
-        if main.get("error"):
-            out["error"] = main["error"]
-        return out
+        return self.catalog.describe(name)
 
+    # -- a model in detail ----------------------------------------------------------------------
     async def model_detail(self, name: str) -> dict:
         """describe(), plus the serving version's spec, inference's view of it and the placement."""
-        if name not in self.names():
-            raise self.unknown(name)
-        body = {"name": name, **self.describe(name)}
-        resolved = self.watcher.serving.get(self.serving_alias, {}).get(name)
+        self.catalog.require(name)
+        body = {"name": name, **self.catalog.describe(name)}
+        resolved = self.catalog.serving_now(name)
         if resolved is not None:
             body["spec"] = resolved.spec.model_dump()
             body.update(await self._inference_info(resolved.key))
@@ -311,19 +261,18 @@ class DataPlane:
     async def readiness(self) -> dict:
         """{"ready", "models", "stages"[, "registry_error"]}: ready when every model of the serving
         alias serves and every stage answers with all of them loaded."""
-        models = {name: self.watcher.states[(self.serving_alias, name)].state
-                  for (alias, name) in self.watcher.states if alias == self.serving_alias}
+        models = self.catalog.serving_states()
         stages = await self._stage_readiness()
-        body = {"ready": self.watcher.ready and all(v == "ready" for v in stages.values()),
+        body = {"ready": self.catalog.ready and all(v == "ready" for v in stages.values()),
                 "models": models, "stages": stages}
-        if self.watcher.registry_error:
-            body["registry_error"] = self.watcher.registry_error
+        if self.catalog.registry_error:
+            body["registry_error"] = self.catalog.registry_error
         return body
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
         """This model (version) would be answered now: it serves and no stage is known down."""
         try:
-            resolved, _ = self.serving_version(name, version)
+            resolved, _ = self.catalog.serving_version(name, version)
         except DataPlaneError:
             return False
         if self.stages.down is not None:
@@ -334,7 +283,7 @@ class DataPlane:
     async def _stage_readiness(self, keys: set[str] | None = None) -> dict[str, str]:
         """Per stage: "ready" when a replica answers and holds every version the serving alias serves."""
         if keys is None:
-            keys = {r.key for r in self.watcher.serving.get(self.serving_alias, {}).values()}
+            keys = self.catalog.serving_keys()
         stages = ("inference", "postprocess")
         answers = await asyncio.gather(*(self.stages.status(s) for s in stages), return_exceptions=True)
         out = {}
@@ -375,8 +324,3 @@ class DataPlane:
 
 def _image_bytes(image: ImageInput) -> int:
     return image.nbytes if isinstance(image, np.ndarray) else len(image)
-
-
-def _stage_unavailable(exc: BaseException) -> DataPlaneError:
-    return DataPlaneError(503, "stage_unavailable", f"a pipeline stage is unavailable: {one_line(exc)}",
-                          {"Retry-After": RETRY_AFTER_S})

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core import errors
 from core.errors import DataPlaneError, shown
 from core.predict_params import number
 
@@ -84,9 +85,8 @@ def route(table: Routes, method: str, path: str) -> tuple[str, dict]:
                 return handler, match.groupdict()
             allowed.append(m)
     if allowed:
-        raise DataPlaneError(405, "method_not_allowed", f"{method} is not allowed on {shown(path)}; "
-                             f"use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
-    raise DataPlaneError(404, "not_found", f"no route for {method} {shown(path)}")
+        raise errors.method_not_allowed(method, path, allowed)
+    raise errors.not_found(f"no route for {method} {shown(path)}")
 
 
 # -- predict parameters -------------------------------------------------------------------
@@ -106,8 +106,7 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
     try:
         return await asyncio.wait_for(_read_body(request, limit), timeout_s)
     except asyncio.TimeoutError:
-        raise DataPlaneError(408, "request_timeout",
-                             f"the request body did not arrive within {timeout_s:g} s") from None
+        raise errors.request_timeout(f"the request body did not arrive within {timeout_s:g} s") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -115,14 +114,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise DataPlaneError(413, "payload_too_large", f"body is {declared} bytes; the limit is {limit}")
+                raise errors.payload_too_large(f"body is {declared} bytes; the limit is {limit}")
         except ValueError:
-            raise DataPlaneError(400, "bad_request", "invalid Content-Length header") from None
+            raise errors.bad_request("invalid Content-Length header") from None
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise DataPlaneError(413, "payload_too_large", f"body exceeds the {limit} byte limit")
+            raise errors.payload_too_large(f"body exceeds the {limit} byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -162,8 +161,7 @@ def image_bytes(content_type: str | None, body: bytes) -> bytes:
         return body
     if media == "multipart/form-data":
         return _multipart_image(content_type, body)
-    raise DataPlaneError(
-        415, "unsupported_media_type",
+    raise errors.unsupported_media_type(
         f"Content-Type {media!r} is not accepted; send image/jpeg, image/png, "
         "application/octet-stream or multipart/form-data with an 'image' field",
     )
@@ -171,14 +169,14 @@ def image_bytes(content_type: str | None, body: bytes) -> bytes:
 
 def _multipart_image(content_type: str, body: bytes) -> bytes:
     if "boundary=" not in content_type:
-        raise DataPlaneError(400, "bad_request", "multipart body without a boundary")
+        raise errors.bad_request("multipart body without a boundary")
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     msg = BytesParser(policy=HTTP).parsebytes(head + body)
     if not msg.is_multipart():
-        raise DataPlaneError(400, "bad_request", "malformed multipart body")
+        raise errors.bad_request("malformed multipart body")
     for part in msg.iter_parts():
         if part.get_param("name", header="content-disposition") == "image":
             payload = part.get_payload(decode=True)
             if payload:
                 return payload
-    raise DataPlaneError(400, "missing_image", "multipart body has no non-empty 'image' field")
+    raise errors.missing_image("multipart body has no non-empty 'image' field")

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from core import errors
 from core.errors import DataPlaneError
 from serve.http_api import error_response, new_request_id
 
@@ -59,8 +60,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self.per_client[self._host] += 1
         limit = self.max_connections_per_client
         if limit and self._host is not None and self.per_client[self._host] > limit:
-            self._write_error(503, "too_many_connections", f"more than {limit} open connections from this client; "
-                              "close some or reuse them", {"Retry-After": "1"})
+            self._write_error(errors.too_many_connections(limit))
             return
         self._arm_header_timer()
 
@@ -91,17 +91,17 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _headers_too_slow(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            self._write_error(408, "request_timeout", f"request headers not received within "
-                              f"{self.header_timeout_s:g} s")
+            self._write_error(errors.request_timeout(f"request headers not received within "
+                                                     f"{self.header_timeout_s:g} s"))
 
     def send_400_response(self, msg: str) -> None:
-        self._write_error(400, "bad_request", f"malformed HTTP request: {msg}")
+        self._write_error(errors.bad_request(f"malformed HTTP request: {msg}"))
 
-    def _write_error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+    def _write_error(self, err: DataPlaneError) -> None:
         """The API's JSON error, written straight to the socket, and the connection closed."""
         rid = new_request_id()
-        response = error_response(DataPlaneError(status, code, message, headers), rid)
-        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(),
+        response = error_response(err, rid)
+        head = [f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}\r\n".encode(),
                 b"x-request-id: " + rid.encode() + b"\r\n"]
         head += [name + b": " + value + b"\r\n" for name, value in response.raw_headers]
         self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", response.body]))

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core import errors
 from core.errors import DataPlaneError
 from core.onnx_backend import cores_available
 from core.text import one_line
@@ -125,12 +126,12 @@ class Ingress:
             handler, path_params = route(table, request.method, path)
             response = await getattr(protocol, handler)(request, rid, record, **path_params)
         except DataPlaneError as err:
-            if err.status != 408:  # a stalled body is not waited for twice
+            if err.code != "request_timeout":  # a stalled body is not waited for twice
                 await discard_unread_body(request)
             response = protocol.error_response(err, rid)
         except Exception as exc:  # noqa: BLE001 - every error is the documented JSON, never Serve's text
             log.exception("request %s failed", rid)
-            response = protocol.error_response(DataPlaneError(500, "internal_error", one_line(exc)), rid)
+            response = protocol.error_response(errors.internal_error(one_line(exc)), rid)
         if handler in protocol.predict_handlers:
             self.plane.record(record, rid, response.status_code, (time.perf_counter() - t0) * 1000)
         return response

@@ -30,6 +30,7 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 
+from core import errors
 from core.errors import DataPlaneError
 from core.image_codec import sniff_format
 from core.predict_params import predict_params
@@ -92,10 +93,6 @@ def server_version() -> str:
         return "0"
 
 
-def invalid(message: str) -> DataPlaneError:
-    return DataPlaneError(400, "invalid_input", message)
-
-
 # -- BYTES tensors (Triton's binary layout: 4-byte little-endian length, then the bytes) ----------
 def serialize_bytes(items) -> bytes:
     out = bytearray()
@@ -109,11 +106,11 @@ def deserialize_bytes(buf: bytes | memoryview) -> list[bytes]:
     view, items, at = memoryview(buf), [], 0
     while at < len(view):
         if at + 4 > len(view):
-            raise invalid("BYTES tensor data is truncated (a length prefix is cut)")
+            raise errors.invalid_input("BYTES tensor data is truncated (a length prefix is cut)")
         (n,) = struct.unpack_from("<I", view, at)
         at += 4
         if at + n > len(view):
-            raise invalid("BYTES tensor data is truncated (an element is shorter than its length)")
+            raise errors.invalid_input("BYTES tensor data is truncated (an element is shorter than its length)")
         items.append(bytes(view[at:at + n]))
         at += n
     return items
@@ -121,21 +118,22 @@ def deserialize_bytes(buf: bytes | memoryview) -> list[bytes]:
 
 def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> Tensor:
     if datatype not in DTYPES:
-        raise invalid(f"input {name!r}: unknown datatype {datatype!r}")
+        raise errors.invalid_input(f"input {name!r}: unknown datatype {datatype!r}")
     if any(d < 0 for d in shape):
-        raise invalid(f"input {name!r}: shape {shape} has a negative dimension")
+        raise errors.invalid_input(f"input {name!r}: shape {shape} has a negative dimension")
     count = int(np.prod(shape)) if shape else 1
     if datatype == "BYTES":
         items = deserialize_bytes(raw)
         if len(items) != count:
-            raise invalid(f"input {name!r}: shape {shape} needs {count} elements, the data has {len(items)}")
+            raise errors.invalid_input(f"input {name!r}: shape {shape} needs {count} elements, "
+                                       f"the data has {len(items)}")
         data = np.empty(count, dtype=object)
         data[:] = items
         return Tensor(name, datatype, shape, data.reshape(shape))
     dtype = np.dtype(DTYPES[datatype])
     if len(raw) != count * dtype.itemsize:
-        raise invalid(f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
-                      f"got {len(raw)}")
+        raise errors.invalid_input(f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
+                                   f"got {len(raw)}")
     return Tensor(name, datatype, shape, np.frombuffer(raw, dtype=dtype).reshape(shape))
 
 
@@ -143,7 +141,7 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data) -> Tensor
     """An input given as JSON `data` (nested or flat, row-major); BYTES elements are strings:
     base64 for images (JSON cannot carry raw bytes)."""
     if datatype not in DTYPES:
-        raise invalid(f"input {name!r}: unknown datatype {datatype!r}")
+        raise errors.invalid_input(f"input {name!r}: unknown datatype {datatype!r}")
     if datatype == "BYTES":
         flat = np.array(data, dtype=object).reshape(-1)
         items = np.empty(len(flat), dtype=object)
@@ -153,24 +151,24 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data) -> Tensor
         try:
             arr = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise invalid(f"input {name!r}: data is not {datatype}: {exc}") from None
+            raise errors.invalid_input(f"input {name!r}: data is not {datatype}: {exc}") from None
     count = int(np.prod(shape)) if shape else 1
     if arr.size != count:
-        raise invalid(f"input {name!r}: shape {shape} needs {count} elements, the data has {arr.size}")
+        raise errors.invalid_input(f"input {name!r}: shape {shape} needs {count} elements, the data has {arr.size}")
     return Tensor(name, datatype, shape, arr.reshape(shape))
 
 
 def _json_bytes(name: str, value) -> bytes:
     if not isinstance(value, str):
-        raise invalid(f"input {name!r}: BYTES elements in JSON must be strings")
+        raise errors.invalid_input(f"input {name!r}: BYTES elements in JSON must be strings")
     raw = value.encode("utf-8", "surrogateescape")
     if sniff_format(raw) is not None:  # not base64: an image sent as a (lossy) string as is
         return raw
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid(f"input {name!r}: a BYTES element in JSON must be a base64-encoded image "
-                      "(or send it as binary data)") from None
+        raise errors.invalid_input(f"input {name!r}: a BYTES element in JSON must be a base64-encoded image "
+                                   "(or send it as binary data)") from None
 
 
 def raw_bytes(tensor: Tensor) -> bytes:
@@ -194,7 +192,7 @@ def json_data(tensor: Tensor) -> list:
 # -- tensors -> images, results -> tensors (pure) ------------------------------------------------
 def images_from_inputs(inputs: list[Tensor]) -> list[ImageInput]:
     if len(inputs) != 1:
-        raise invalid(f"one input tensor is expected ({IMAGE_INPUT!r}), got {len(inputs)}")
+        raise errors.invalid_input(f"one input tensor is expected ({IMAGE_INPUT!r}), got {len(inputs)}")
     tensor = inputs[0]
     if tensor.datatype == "BYTES":
         images = [bytes(v) for v in tensor.data.reshape(-1)]
@@ -202,16 +200,16 @@ def images_from_inputs(inputs: list[Tensor]) -> list[ImageInput]:
         if tensor.data.ndim == 3:
             tensor.data = tensor.data[None]
         if tensor.data.ndim != 4 or tensor.data.shape[3] != 3:
-            raise invalid(f"input {tensor.name!r}: UINT8 images must be [N, H, W, 3] RGB, got shape "
-                          f"{list(tensor.shape)}")
+            raise errors.invalid_input(f"input {tensor.name!r}: UINT8 images must be [N, H, W, 3] RGB, got shape "
+                                       f"{list(tensor.shape)}")
         images = list(tensor.data)
     else:
-        raise invalid(f"input {tensor.name!r}: datatype must be BYTES (encoded images) or UINT8 "
-                      f"([N, H, W, 3] RGB), got {tensor.datatype}")
+        raise errors.invalid_input(f"input {tensor.name!r}: datatype must be BYTES (encoded images) or UINT8 "
+                                   f"([N, H, W, 3] RGB), got {tensor.datatype}")
     if not images:
-        raise invalid(f"input {tensor.name!r} holds no image")
+        raise errors.invalid_input(f"input {tensor.name!r} holds no image")
     if len(images) > MAX_IMAGES_PER_REQUEST:
-        raise invalid(f"{len(images)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
+        raise errors.invalid_input(f"{len(images)} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
     return images
 
 
@@ -261,7 +259,7 @@ def select_outputs(tensors: list[Tensor], requested: list[RequestedOutput]) -> l
     out = []
     for req in requested:
         if req.name not in by_name:
-            raise invalid(f"unknown output {req.name!r}; this model's outputs: {list(by_name)}")
+            raise errors.invalid_input(f"unknown output {req.name!r}; this model's outputs: {list(by_name)}")
         tensor = by_name[req.name]
         if req.classification:
             tensor = classification_tensor(req.name, by_name["scores"], by_name["classes"], by_name["labels"],
@@ -297,22 +295,16 @@ class Oip:
         return (await self.plane.readiness())["ready"]
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
-        if name not in self.plane.names():
-            raise self.plane.unknown(name)
+        self.plane.catalog.require(name)
         return await self.plane.model_ready(name, version)
 
     def metadata(self, name: str, version: str | None = None) -> dict:
-        if version:
-            resolved, _ = self.plane.serving_version(name, version)
-            versions = [resolved.version]
-        else:
-            resolved = self.plane.serving(name)
-            versions = sorted(self.plane.served_versions(name), key=_version_order)
-        return model_metadata(name, resolved.spec.task, versions)
+        meta = self.plane.catalog.metadata(name, version)
+        return model_metadata(meta["name"], meta["task"], meta["versions"])
 
     def resolve(self, name: str, version: str | None, record: RequestRecord):
         """The version this request is answered by, read once, and its admission before any body."""
-        resolved, alias = self.plane.serving_version(name, version)
+        resolved, alias = self.plane.catalog.serving_version(name, version)
         record.model, record.version, record.alias, record.resolved = name, resolved.version, alias, True
         return resolved
 
@@ -325,13 +317,9 @@ class Oip:
             results = await self.plane.predict(resolved, images, params, budget_s, record, t0 or time.perf_counter())
         except DataPlaneError as err:
             if err.code == "unsupported_media_type":  # not the request's type: a tensor element that is no image
-                raise DataPlaneError(400, "invalid_image", err.message) from None
+                raise errors.invalid_image(err.message) from None
             raise
         outputs = select_outputs(output_tensors(spec.task, results), req.outputs)
         timings = results[0]["timings_ms"]
         return InferResponse(model=req.model, version=resolved.version, outputs=outputs, id=req.id,
                              parameters={"alias": record.alias, "total_ms": float(timings["total_ms"])})
-
-
-def _version_order(version: str):
-    return (0, int(version)) if version.isdigit() else (1, version)

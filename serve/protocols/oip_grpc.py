@@ -16,6 +16,7 @@ import time
 import grpc
 import numpy as np
 
+from core import errors
 from core.errors import DataPlaneError
 from core.text import one_line
 from deployments.dataplane import RequestRecord
@@ -29,7 +30,6 @@ from serve.protocols.oip import (
     InferResponse,
     Oip,
     RequestedOutput,
-    invalid,
     raw_bytes,
     serialize_bytes,
     server_version,
@@ -39,27 +39,14 @@ from serve.protocols.streams import LatestFrames, StreamStats
 
 log = logging.getLogger("ray.serve")
 
-# The data plane's error kinds as gRPC codes; by HTTP status where a kind is not listed.
-_CODES = {
-    "model_not_found": grpc.StatusCode.NOT_FOUND,
-    "version_not_served": grpc.StatusCode.NOT_FOUND,
-    "alias_not_served": grpc.StatusCode.NOT_FOUND,
-    "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "internal_error": grpc.StatusCode.INTERNAL,
-}
-_BY_STATUS = {404: grpc.StatusCode.NOT_FOUND, 503: grpc.StatusCode.UNAVAILABLE, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
 # A request without a gRPC deadline gets the app's latency budget; one with a deadline, that
 # deadline, up to this.
 MAX_BUDGET_S = 600.0
 
 
 def grpc_code(err: DataPlaneError) -> grpc.StatusCode:
-    if err.code in _CODES:
-        return _CODES[err.code]
-    if err.status in _BY_STATUS:
-        return _BY_STATUS[err.status]
-    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= err.status < 500 else grpc.StatusCode.INTERNAL
+    """The error's kind as a gRPC status (core/errors.py's table names it)."""
+    return grpc.StatusCode[err.grpc_code_name]
 
 
 def _param_value(p: pb.InferParameter):
@@ -85,12 +72,12 @@ def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
         return serialize_bytes(c.bytes_contents)
     if tensor.datatype == "UINT8":
         return np.asarray(c.uint_contents, np.uint8).tobytes()
-    raise invalid(f"input {tensor.name!r}: datatype must be BYTES or UINT8, got {tensor.datatype}")
+    raise errors.invalid_input(f"input {tensor.name!r}: datatype must be BYTES or UINT8, got {tensor.datatype}")
 
 
 def parse_request(msg: pb.ModelInferRequest) -> InferRequest:
     if msg.raw_input_contents and len(msg.raw_input_contents) != len(msg.inputs):
-        raise invalid(f"{len(msg.raw_input_contents)} raw_input_contents for {len(msg.inputs)} inputs")
+        raise errors.invalid_input(f"{len(msg.raw_input_contents)} raw_input_contents for {len(msg.inputs)} inputs")
     inputs = []
     for i, tensor in enumerate(msg.inputs):
         raw = msg.raw_input_contents[i] if msg.raw_input_contents else _contents(tensor)
@@ -204,7 +191,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # noqa: BLE001 - a gRPC status, never UNKNOWN
             log.exception("gRPC request %s failed", rid)
             status = 500
-            raise DataPlaneError(500, "internal_error", one_line(exc)) from None
+            raise errors.internal_error(one_line(exc)) from None
         finally:
             self.oip.plane.record(record, rid, status, (time.perf_counter() - t0) * 1000)
 

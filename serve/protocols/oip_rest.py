@@ -10,6 +10,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core import errors
 from core.errors import DataPlaneError
 from deployments.dataplane import RequestRecord
 from serve.http_api import json_bytes, json_response, latency_budget_s, read_body, routes
@@ -20,7 +21,6 @@ from serve.protocols.oip import (
     InferResponse,
     Oip,
     RequestedOutput,
-    invalid,
     json_data,
     raw_bytes,
     server_version,
@@ -84,8 +84,8 @@ class OipRest:
         self.oip.plane.admit(resolved, budget_s)  # before reading: a refusal should cost nothing
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
-            raise DataPlaneError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not accepted; "
-                                 "send the request uncompressed (images are compressed already)")
+            raise errors.unsupported_media_type(f"Content-Encoding {encoding!r} is not accepted; "
+                                                "send the request uncompressed (images are compressed already)")
         body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
         req = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
         req.id = req.id or rid
@@ -100,34 +100,35 @@ def parse_infer_request(name: str, version: str | None, body: bytes, header_leng
         try:
             split = int(header_length)
         except ValueError:
-            raise invalid(f"{HEADER_LENGTH}: {header_length!r} is not a number") from None
+            raise errors.invalid_input(f"{HEADER_LENGTH}: {header_length!r} is not a number") from None
         if not 0 <= split <= len(body):
-            raise invalid(f"{HEADER_LENGTH} is {split}, but the body has {len(body)} bytes")
+            raise errors.invalid_input(f"{HEADER_LENGTH} is {split}, but the body has {len(body)} bytes")
     else:
         split = len(body)
     try:
         doc = json.loads(body[:split])
     except (UnicodeDecodeError, ValueError) as exc:
-        raise invalid(f"the request is not JSON: {exc}") from None
+        raise errors.invalid_input(f"the request is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
-        raise invalid('the request must be a JSON object with an "inputs" list')
+        raise errors.invalid_input('the request must be a JSON object with an "inputs" list')
     binary, at, inputs = memoryview(body)[split:], 0, []
     for item in doc["inputs"]:
         if not isinstance(item, dict):
-            raise invalid("each input must be an object with name, datatype, shape and data")
+            raise errors.invalid_input("each input must be an object with name, datatype, shape and data")
         tname, datatype, shape = item.get("name", ""), item.get("datatype"), item.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-            raise invalid(f"input {tname!r}: shape must be a list of integers")
+            raise errors.invalid_input(f"input {tname!r}: shape must be a list of integers")
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or at + size > len(binary):
-                raise invalid(f"input {tname!r}: binary_data_size {size!r} runs past the body's binary part")
+                raise errors.invalid_input(f"input {tname!r}: binary_data_size {size!r} runs past the body's "
+                                           "binary part")
             inputs.append(tensor_from_raw(tname, datatype, shape, binary[at:at + size]))
             at += size
         elif "data" in item:
             inputs.append(tensor_from_json(tname, datatype, shape, item["data"]))
         else:
-            raise invalid(f"input {tname!r} has neither data nor binary_data_size")
+            raise errors.invalid_input(f"input {tname!r} has neither data nor binary_data_size")
     parameters = doc.get("parameters") or {}
     default_binary = bool(parameters.get("binary_data_output", False))
     outputs = []
@@ -168,4 +169,4 @@ def _int_or_none(value) -> int | None:
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
-        raise invalid(f"classification must be an integer, got {value!r}") from None
+        raise errors.invalid_input(f"classification must be an integer, got {value!r}") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import DataPlaneError
+from core import errors
 from deployments.dataplane import RequestRecord
 from serve.http_api import error_response, json_response, routes
 
@@ -31,7 +31,7 @@ ROUTES = routes(
 def _file(directory: Path, name: str) -> Response:
     path = directory / name
     if not path.is_file():
-        raise DataPlaneError(404, "not_found", f"no file {name!r}")
+        raise errors.not_found(f"no file {name!r}")
     # no-cache: a browser revalidates, so a new release's page is never mixed with an old script.
     return Response(path.read_bytes(), media_type=_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 

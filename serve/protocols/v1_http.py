@@ -7,7 +7,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import DataPlaneError
+from core import errors
 from core.image_codec import sniff_format
 from core.predict_params import number, predict_params
 from deployments.dataplane import DataPlane, RequestRecord
@@ -47,17 +47,15 @@ class V1Http:
 
     async def readyz(self, request: Request, rid: str, record: RequestRecord) -> Response:
         body = await self.plane.readiness()
-        return json_response(body, 200 if body["ready"] else 503, None if body["ready"] else {"Retry-After": "5"})
+        if body["ready"]:
+            return json_response(body)
+        return json_response(body, 503, {"Retry-After": str(errors.NOT_READY_RETRY_AFTER_S)})
 
     async def list_models(self, request: Request, rid: str, record: RequestRecord) -> Response:
-        out = []
-        for name in self.plane.names():
-            info = self.plane.describe(name)
-            out.append({"name": name, "task": info.get("task"), "version": info.get("version"),
-                        "state": info["state"], "aliases": info["aliases"]})
-        body = {"models": out}
-        if self.plane.watcher.registry_error:
-            body["registry_error"] = self.plane.watcher.registry_error
+        catalog = self.plane.catalog
+        body = {"models": catalog.list_models()}
+        if catalog.registry_error:
+            body["registry_error"] = catalog.registry_error
         return json_response(body)
 
     async def get_model(self, request: Request, rid: str, record: RequestRecord, name: str) -> Response:
@@ -65,8 +63,8 @@ class V1Http:
 
     async def predict(self, request: Request, rid: str, record: RequestRecord, name: str) -> Response:
         t0 = time.perf_counter()
-        alias = request.query_params.get("alias") or self.plane.serving_alias
-        resolved = self.plane.serving(name, alias)  # read once: this request's version, end to end
+        alias = request.query_params.get("alias") or self.plane.catalog.serving_alias
+        resolved = self.plane.catalog.serving(name, alias)  # read once: this request's version, end to end
         record.model, record.version, record.alias, record.resolved = name, resolved.version, alias, True
         spec = resolved.spec
         params = predict_params(request.query_params, spec, len(spec.labels))
@@ -93,8 +91,8 @@ class V1Http:
 
     def _store(self):
         if self.plane.capture is None:
-            raise DataPlaneError(404, "review_disabled", "the review queue is off; set the app's "
-                                 "review.enabled (README, Review queue)")
+            raise errors.review_disabled("the review queue is off; set the app's review.enabled "
+                                         "(README, Review queue)")
         return self.plane.capture.store
 
     async def review_list(self, request: Request, rid: str, record: RequestRecord) -> Response:
@@ -103,7 +101,7 @@ class V1Http:
         query = request.query_params
         status = query.get("status") or None
         if status is not None and status not in STATUSES:
-            raise DataPlaneError(422, "invalid_parameter", f"status must be one of {list(STATUSES)}")
+            raise errors.invalid_parameter(f"status must be one of {list(STATUSES)}")
         limit = number(query, "limit", int, 50, 1, 500)
         offset = number(query, "offset", int, 0, 0, 10**9)
         store = self._store()
@@ -114,13 +112,13 @@ class V1Http:
     async def review_item(self, request: Request, rid: str, record: RequestRecord, item_id: str) -> Response:
         item = self._store().get(item_id)
         if item is None:
-            raise DataPlaneError(404, "not_found", f"no review item {item_id!r}")
+            raise errors.not_found(f"no review item {item_id!r}")
         return json_response(item.summary())
 
     async def review_image(self, request: Request, rid: str, record: RequestRecord, item_id: str) -> Response:
         data = self._store().image(item_id)
         if data is None:
-            raise DataPlaneError(404, "not_found", f"no review item {item_id!r}")
+            raise errors.not_found(f"no review item {item_id!r}")
         media = "image/png" if sniff_format(data) == "png" else "image/jpeg"
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -128,5 +126,5 @@ class V1Http:
                           action: str) -> Response:
         status = _STATUS_OF_ACTION[action]
         if not self._store().set_status(item_id, status):
-            raise DataPlaneError(404, "not_found", f"no review item {item_id!r}")
+            raise errors.not_found(f"no review item {item_id!r}")
         return json_response({"id": item_id, "status": status})
