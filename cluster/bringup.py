@@ -16,11 +16,12 @@ from pathlib import Path
 
 from cluster import labels, preflight
 from cluster.auth import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, ensure_token, token_env, token_source
+from deployments import ray_compat
 
 # Ray's own join check wants the same Python patch level unless told otherwise (see preflight).
-PYTHON_MATCH_ENV = "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL"
+PYTHON_MATCH_ENV = ray_compat.PYTHON_VERSION_MATCH_LEVEL_ENV
 # Serve's per-node proxy port knob (worker nodes only): lets several nodes share one host in tests.
-WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
+WORKER_PROXY_PORT_ENV = ray_compat.SERVE_WORKER_PROXY_HTTP_PORT_ENV
 DEFAULT_GCS_PORT = 6379
 
 

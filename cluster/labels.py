@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 
+from deployments import ray_compat
+
 NODE_TYPE = "node-type"
 JETSON_MODEL = "jetson-model"
 JETPACK = "jetpack"
@@ -54,7 +56,7 @@ def node_labels(node_type: str, jetson_model: str | None = None, jetpack: str | 
 def ray_start_args(node_type: str, jetson_model: str | None = None, jetpack: str | None = None) -> list[str]:
     """The `ray start` options that declare a node of this type (labels, GPU, resources)."""
     labels = node_labels(node_type, jetson_model, jetpack)
-    args = ["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())]
+    args = [f"{ray_compat.RAY_START_LABELS_OPTION}=" + ",".join(f"{k}={v}" for k, v in labels.items())]
     if node_type == JETSON:
         args += ["--num-gpus=1", "--resources=" + json.dumps({EDGE_RESOURCE: EDGE_RESOURCE_UNITS})]
     return args

@@ -16,6 +16,8 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+from deployments import ray_compat
+
 
 @dataclass(frozen=True)
 class Versions:
@@ -39,12 +41,10 @@ def local_versions() -> Versions:
 
 def head_versions(gcs_address: str, timeout_s: float = 10) -> Versions:
     """The versions the head was started with, read from its GCS (needs the cluster token)."""
-    import ray
-    from ray._common.usage import usage_lib
-
     try:
-        gcs = ray._raylet.GcsClient(address=gcs_address)
-        meta = usage_lib.get_cluster_metadata(gcs)
+        versions = ray_compat.cluster_versions(gcs_address)
+    except ray_compat.RayCompatError as exc:
+        raise PreflightError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any failure here means: cannot join; say why
         raise PreflightError(
             f"cannot read the head's versions from {gcs_address}: {exc}\n"
@@ -52,9 +52,9 @@ def head_versions(gcs_address: str, timeout_s: float = 10) -> Versions:
             "needs the head's token: copy the head's ~/.ray/auth_token to ~/.ray/auth_token here, or set "
             "RAY_AUTH_TOKEN, and RAY_AUTH_MODE=token."
         ) from None
-    if not meta:
+    if not versions:
         raise PreflightError(f"the head at {gcs_address} published no version metadata (not a Ray head?)")
-    return Versions(ray=meta["ray_version"], python=meta["python_version"])
+    return Versions(ray=versions[0], python=versions[1])
 
 
 def check(head: Versions, local: Versions) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from ray.serve.autoscaling_policy import default_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
+from deployments import ray_compat
+
 OWN_HTTP_ONGOING = "own_http_ongoing"  # the key Ingress.record_autoscaling_stats reports
 
 
@@ -25,6 +27,5 @@ def own_http_ongoing(aggregated_metrics: dict | None) -> float:
 def own_http_aware_policy(ctx: AutoscalingContext):
     extra = own_http_ongoing(ctx.aggregated_metrics)
     if extra:
-        # cached_property: assigning replaces the value the default policy reads.
-        ctx.total_num_requests = ctx.total_num_requests + extra
+        ray_compat.set_total_num_requests(ctx, ctx.total_num_requests + extra)
     return default_autoscaling_policy(ctx)

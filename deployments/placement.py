@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments import ray_compat
+
 _known: dict | None = None  # this process's node, once Ray has said: a process never changes node
 
 
@@ -34,10 +36,8 @@ def local_first(handle: DeploymentHandle) -> DeploymentHandle:
 
     Serve's proxy already prefers its own node; handles created in replicas do not by
     default. Local first keeps an image on the node that decoded it (no network copy; on a
-    Jetson, never off the device while that device has the stage).
+    Jetson, never off the device while that device has the stage). A handle already initialized
+    (e.g. reused) keeps its options.
     """
-    try:
-        handle._init(_prefer_local_routing=True)
-    except RuntimeError:  # already initialized (e.g. reused): keep its options
-        pass
+    ray_compat.prefer_local_routing(handle)
     return handle

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from deployments import ray_compat
+
 SERVE_DIR = Path(__file__).resolve().parent
 CONFIG_YAML = SERVE_DIR / "config.yaml"
 EDGE_YAML = SERVE_DIR / "edge.yaml"  # its first app: the same pipeline, stages as deployments
@@ -51,11 +53,9 @@ def app_config(name: str, route_prefix: str, models: list[dict], stages: str = "
 def deploy(apps: list[dict], timeout_s: float = 180) -> None:
     """Deploy like `serve deploy` does, then wait until every app is RUNNING."""
     from ray import serve
-    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate({"applications": apps})
-    _get_global_client().deploy_apps(config)
+    ray_compat.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = serve.status().applications

@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from deployments import ray_compat
 from serve.app_deploy import free_port
 
 
@@ -24,14 +25,14 @@ def ray_cluster(ray_temp_dir):
     import ray
     from ray import serve
 
-    ray.init(
+    ray_compat.ray_init(
+        ray_temp_dir,
         address="local",
         num_cpus=4,  # logical CPUs: room for a few small apps on a 2-core machine
         # The dashboard writes Prometheus' service-discovery file (tests/test_metrics_prometheus.py),
         # as in `make up`.
         include_dashboard=True,
         dashboard_port=free_port(),
-        _temp_dir=ray_temp_dir,
         logging_level="WARNING",
         log_to_driver=False,
     )

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster import auth
+from deployments import ray_compat
 from visionray.prometheus_config import service_discovery_file, write_prometheus_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +50,13 @@ SAMPLE = PROJECT_ROOT / "demo_models" / "samples"
 #   new target up to 0.4 s later.
 # Ray's HAProxy ingress is not used: the ingress replica serves HTTP itself (README, Performance).
 RAY_TUNING_ENV = {
-    "RAY_max_direct_call_object_size": str(4 << 20),
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    ray_compat.MAX_DIRECT_CALL_OBJECT_SIZE_ENV: str(4 << 20),
+    ray_compat.SERVE_CONTROL_LOOP_INTERVAL_ENV: "0.5",
 }
 # Ray turns a loopback --node-ip-address into the machine's network address on Linux, unless
 # clusters are off (the setting it uses on macOS/Windows): then the node's IP is 127.0.0.1 and
 # its servers bind there, and no other machine can join this head.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_ENV = {ray_compat.ENABLE_CLUSTERS_ENV: "0"}
 
 # Ray's logs, object spilling, the MLflow store and the model cache all live under .data/.
 MIN_FREE_DISK_BYTES = 1 << 30
