@@ -64,6 +64,12 @@ def _portable(d: dict, score: float, box: list[float]) -> bool:
     return abs(d["score"] - score) <= 0.06 and iou(d["box"], box) >= 0.85
 
 
+def assert_same_detections(detections: list[dict], reference: list[dict]) -> None:
+    """The same detections as `reference` (computed here, same machine), within 1 px and 0.005: what
+    another batch size or thread count may move, and far less than a bug in letterbox or NMS does."""
+    _match_all(detections, [(d["label"], d["score"], d["box"]) for d in reference], _exact)
+
+
 def assert_bus_detections(detections: list[dict], model: Path) -> None:
     """The served or computed detections of `model` on bus.jpg are right, on whatever CPU runs the test.
 

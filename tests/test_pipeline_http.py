@@ -1,11 +1,21 @@
-"""The whole pipeline over real HTTP on a real (isolated) Ray cluster."""
+"""The whole pipeline over real HTTP on a real (isolated) Ray cluster.
+
+The apps serve the shipped demo detector (`det`) and a colour classifier built here, so every test
+runs on any checkout; the tests about the real YOLOv8n exports (`yolo`, `yolo-dyn`: exact
+detections on bus.jpg, a rewritten batch dimension, a batch-variant model, overload calibrated on
+a ~100 ms model) skip without ../shared/models. No test depends on another having run: the one
+that kills a replica kills one of an app of its own (`victim`).
+
+The /v1 contract itself (every bad input's JSON error, multipart, parameters, hostile images,
+requests the HTTP layer cannot parse) is checked without Ray in tests/test_request_path_v1.py.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import io
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -17,31 +27,35 @@ import psutil
 import pytest
 import requests
 
+from core.local_pipeline import LocalPipeline
+from demo_models import evaluate
 from serve.app_deploy import app_config, deploy, free_port, wait_ready
 from tests.models import (
     BUS_JPG,
     YOLO_DYNAMIC,
     YOLO_QDQ,
     assert_bus_detections,
+    assert_same_detections,
     color_classifier,
     needs_shared_models,
     solid_image,
 )
 
-pytestmark = needs_shared_models
-
 MAX_BODY = 2_000_000
 BODY_TIMEOUT_S = 3.0
+DETECTOR = evaluate.DETECTOR_PATH
+SHAPES = evaluate.HERE / "samples" / "shapes_640x480.jpg"
 
 
 @pytest.fixture(scope="module")
-def api(ray_cluster, tmp_path_factory):
+def apps(ray_cluster, tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("models")
     models = [
-        {"name": "yolo", "path": str(YOLO_QDQ)},
-        {"name": "yolo-dyn", "path": str(YOLO_DYNAMIC)},
+        {"name": "det", "path": str(DETECTOR)},
         {"name": "colors", "path": str(color_classifier(tmp / "colors.onnx"))},
     ]
+    if YOLO_QDQ.is_file():
+        models += [{"name": "yolo", "path": str(YOLO_QDQ)}, {"name": "yolo-dyn", "path": str(YOLO_DYNAMIC)}]
     broken = [
         {"name": "colors", "path": str(color_classifier(tmp / "colors2.onnx", softmax=True))},
         {"name": "missing", "path": str(tmp / "does-not-exist.onnx")},
@@ -54,10 +68,25 @@ def api(ray_cluster, tmp_path_factory):
     # The shipped CPU tuning runs unbatched; these tests exercise dynamic batching itself.
     inference = next(d for d in pipeline["deployments"] if d["name"] == "Inference")
     inference["user_config"] = {"max_batch_size": 8, "max_concurrent_batches": 1, "batch_wait_timeout_s": 0.0}
-    deploy([pipeline, app_config("partial", "/partial", broken)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(f"{base}/readyz")
-    return base
+    # Its own app for the test that kills its Inference replica: the others' app never loses one.
+    victim_port = free_port()
+    victim = app_config("victim", "/victim", [{"name": "det", "path": str(DETECTOR)}], stages="deployments",
+                        http_port=victim_port)
+    deploy([pipeline, app_config("partial", "/partial", broken), victim])
+    urls = {"api": f"http://127.0.0.1:{port}", "victim": f"http://127.0.0.1:{victim_port}"}
+    for base in urls.values():
+        wait_ready(f"{base}/readyz")
+    return urls
+
+
+@pytest.fixture(scope="module")
+def api(apps) -> str:
+    return apps["api"]
+
+
+@pytest.fixture(scope="module")
+def victim(apps) -> str:
+    return apps["victim"]
 
 
 def predict(base, model, data, content_type="image/jpeg", **params):
@@ -69,6 +98,7 @@ def png(img: np.ndarray) -> bytes:
     return cv2.imencode(".png", img)[1].tobytes()
 
 
+@needs_shared_models
 @pytest.mark.parametrize("model, file", [("yolo", YOLO_QDQ), ("yolo-dyn", YOLO_DYNAMIC)], ids=["qdq", "dynamic"])
 def test_bus_detections_over_http(api, model, file):
     r = predict(api, model, BUS_JPG.read_bytes())
@@ -79,14 +109,6 @@ def test_bus_detections_over_http(api, model, file):
     assert_bus_detections(body["detections"], file)
     assert {"preprocess_ms", "inference_ms", "postprocess_ms", "total_ms"} <= set(body["timings_ms"])
     assert body["request_id"] and body["version"]
-
-
-def test_multipart_upload_and_query_parameters(api):
-    files = {"image": ("bus.jpg", BUS_JPG.read_bytes(), "image/jpeg")}
-    r = requests.post(f"{api}/v1/models/yolo/predict", files=files, params={"conf": 0.5, "max_det": 2}, timeout=60)
-    assert r.status_code == 200, r.text
-    dets = r.json()["detections"]
-    assert len(dets) == 2 and all(d["score"] > 0.5 for d in dets)
 
 
 def test_classifier_over_http(api):
@@ -100,32 +122,48 @@ def test_classifier_over_http(api):
 
 def test_model_listing_and_details(api):
     listed = {m["name"]: m for m in requests.get(f"{api}/v1/models").json()["models"]}
-    assert set(listed) == {"yolo", "yolo-dyn", "colors"}
+    assert set(listed) == {"det", "colors"} | ({"yolo", "yolo-dyn"} if YOLO_QDQ.is_file() else set())
     assert all(m["state"] == "ready" for m in listed.values())
-    detail = requests.get(f"{api}/v1/models/yolo").json()
+    detail = requests.get(f"{api}/v1/models/det").json()
     assert detail["providers"] == ["CPUExecutionProvider"]
+    assert detail["spec"]["input_shape"] == [None, 3, 320, 320]
+    assert detail["batch_invariant"] is True and detail["batch_mode"] == "native"
+    assert detail["max_batch_size"] == 8
+    assert requests.get(f"{api}/healthz").json() == {"status": "ok"}
+
+
+@needs_shared_models
+def test_a_fixed_batch_export_is_rewritten_and_a_batch_variant_model_runs_alone(api):
+    detail = requests.get(f"{api}/v1/models/yolo").json()
     assert detail["spec"]["input_shape"] == [1, 3, 640, 640]
     assert detail["batch_invariant"] is True and detail["batch_mode"] == "rewritten"
     dyn = requests.get(f"{api}/v1/models/yolo-dyn").json()
     assert dyn["batch_invariant"] is False and dyn["max_batch_size"] == 1
-    assert requests.get(f"{api}/healthz").json() == {"status": "ok"}
 
 
-def test_concurrent_requests_are_batched_and_results_do_not_depend_on_batch(api):
-    data = BUS_JPG.read_bytes()
-    before = requests.get(f"{api}/v1/models/yolo").json()["batch_sizes"]
+@pytest.mark.parametrize("model", ["det", pytest.param("yolo", marks=needs_shared_models)])
+def test_concurrent_requests_are_batched_and_results_do_not_depend_on_batch(api, model):
+    """Each answer equals the image's own answer computed here, alone (LocalPipeline; for YOLO also
+    the README's table), whatever batch it ran in."""
+    data = (BUS_JPG if model == "yolo" else SHAPES).read_bytes()
+    before = requests.get(f"{api}/v1/models/{model}").json()["batch_sizes"]
     # A budget past what 48 requests at once need on 2 cores: this test is about batching, not admission.
     with cf.ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda _: predict(api, "yolo", data, timeout_ms=30_000), range(48)))
+        responses = list(pool.map(lambda _: predict(api, model, data, timeout_ms=30_000), range(48)))
     assert all(r.status_code == 200 for r in responses), {r.status_code: r.text[:200] for r in responses}
-    after = requests.get(f"{api}/v1/models/yolo").json()["batch_sizes"]
+    after = requests.get(f"{api}/v1/models/{model}").json()["batch_sizes"]
     grew = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
     assert max(grew) > 1, f"no batch larger than 1 observed: {grew}"
     assert max(r.json()["timings_ms"]["batch_size"] for r in responses) > 1
+    alone = None if model == "yolo" else LocalPipeline(DETECTOR)(data)["detections"]
     for r in responses:
-        assert_bus_detections(r.json()["detections"], YOLO_QDQ)
+        if model == "yolo":
+            assert_bus_detections(r.json()["detections"], YOLO_QDQ)
+        else:
+            assert_same_detections(r.json()["detections"], alone)
 
 
+@needs_shared_models
 def test_batch_variant_model_never_shares_a_batch(api):
     data = BUS_JPG.read_bytes()
     with cf.ThreadPoolExecutor(8) as pool:
@@ -136,59 +174,11 @@ def test_batch_variant_model_never_shares_a_batch(api):
     assert set(sizes) == {"1"}
 
 
-@pytest.mark.parametrize(
-    "path, body, content_type, params, status, code",
-    [
-        ("/v1/models/nope/predict", b"x", "image/jpeg", {}, 404, "model_not_found"),
-        ("/v1/models/yolo/predict", b"not an image at all", "image/jpeg", {}, 415, "unsupported_media_type"),
-        ("/v1/models/yolo/predict", b"\xff\xd8\xff\xe0garbage", "image/jpeg", {}, 400, "invalid_image"),
-        ("/v1/models/yolo/predict", b"", "image/jpeg", {}, 400, "invalid_image"),
-        ("/v1/models/yolo/predict", b"x", "text/plain", {}, 415, "unsupported_media_type"),
-        ("/v1/models/yolo/predict", b"x" * (MAX_BODY + 1), "image/jpeg", {}, 413, "payload_too_large"),
-        ("/v1/models/yolo/predict", None, "image/jpeg", {"conf": "abc"}, 422, "invalid_parameter"),
-        ("/v1/models/yolo/predict", None, "image/jpeg", {"conf": "1.5"}, 422, "invalid_parameter"),
-        ("/v1/models/yolo/predict", None, "image/jpeg", {"iou": "-1"}, 422, "invalid_parameter"),
-        ("/v1/models/yolo/predict", None, "image/jpeg", {"max_det": "0"}, 422, "invalid_parameter"),
-        ("/v1/models/colors/predict", None, "image/jpeg", {"top_k": "4"}, 422, "invalid_parameter"),
-        ("/v1/nothing", b"", "image/jpeg", {}, 404, "not_found"),
-    ],
-)
-def test_bad_input_gets_a_clear_json_error(api, path, body, content_type, params, status, code):
-    data = BUS_JPG.read_bytes() if body is None else body
-    r = requests.post(api + path, data=data, params=params, headers={"content-type": content_type}, timeout=60)
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code and err["message"]
-
-
-def test_multipart_without_image_field_and_wrong_method(api):
-    r = requests.post(f"{api}/v1/models/yolo/predict", files={"file": ("a.jpg", b"x")}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_image"
-    r = requests.get(f"{api}/v1/models/yolo/predict", timeout=30)
-    assert r.status_code == 405 and "POST" in r.headers["Allow"]
-
-
-def test_hostile_images_are_refused_not_crashed(api):
-    # 16-bit grayscale with alpha: converted, not refused.
-    deep = np.zeros((64, 64, 2), np.uint16)
-    ok, buf = cv2.imencode(".png", deep[..., 0])
-    r = predict(api, "yolo", buf.tobytes(), "image/png")
-    assert r.status_code == 200, r.text
-    # A PNG header claiming a huge canvas is refused before decoding.
-    header = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
-    header[16:24] = (50_000).to_bytes(4, "big") + (50_000).to_bytes(4, "big")
-    r = predict(api, "yolo", bytes(header), "image/png")
-    assert r.status_code == 400 and "pixel limit" in r.json()["error"]["message"]
-    # Truncated JPEG.
-    r = predict(api, "yolo", BUS_JPG.read_bytes()[:2000])
-    assert r.status_code in (200, 400)  # cv2 may recover a partial image; it must never 500
-
-
 def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_bounded(api):
     """42 KB JPEGs declaring 20000x20000 behind three fill bytes (once decoded
     at 2.9 GB each) and PNGs declaring 50000x50000, sent 40 at a time: each a JSON 400, and the
     ingress replica's resident memory grows by less than 200 MB."""
-    jpeg = BUS_JPG.read_bytes()
+    jpeg = SHAPES.read_bytes()
     sof = jpeg.index(b"\xff\xc0")
     header = bytearray(jpeg[sof:sof + 9])
     header[5:9] = (20_000).to_bytes(2, "big") + (20_000).to_bytes(2, "big")
@@ -201,7 +191,7 @@ def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_
 
     def send(i: int) -> requests.Response:
         body, kind = (jpeg_bomb, "image/jpeg") if i % 2 == 0 else (bytes(png_bomb), "image/png")
-        return predict(api, "yolo", body, kind)
+        return predict(api, "det", body, kind)
 
     with cf.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(send, range(40)))
@@ -209,25 +199,19 @@ def test_a_flood_of_decompression_bombs_is_refused_and_the_ingress_memory_stays_
         {(r.status_code, r.text[:200]) for r in answers}
     grown_mb = (ingress.memory_info().rss - rss_before) / 2**20
     assert grown_mb < 200, grown_mb
-    assert predict(api, "yolo", jpeg).status_code == 200
+    assert predict(api, "det", jpeg).status_code == 200
 
 
 def test_a_model_that_fails_to_load_does_not_take_down_the_others(api, ray_cluster):
     base = f"{ray_cluster}/partial"  # Serve's proxy
     r = requests.get(f"{base}/readyz", timeout=30)
     assert r.status_code == 503 and r.json()["models"]["missing"] == "failed"
-    r = predict(base, "missing", BUS_JPG.read_bytes())
+    r = predict(base, "missing", SHAPES.read_bytes())
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
     assert "Retry-After" in r.headers
     assert "does-not-exist" in requests.get(f"{base}/v1/models/missing", timeout=30).json()["error"]
     r = predict(base, "colors", png(solid_image((0, 255, 0))), "image/png")
     assert r.status_code == 200 and r.json()["classes"][0]["label"] == "green"
-
-
-def test_truncated_stream_of_garbage_is_not_a_500(api):
-    payload = io.BytesIO(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
-    r = requests.post(f"{api}/v1/models/yolo/predict", data=payload, timeout=30)
-    assert r.status_code == 415
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
@@ -240,7 +224,7 @@ def test_an_oversized_body_sent_whole_before_reading_gets_the_413_json(api, decl
     body = bytes(80 << 20)
     view = memoryview(body)
     data = body if declared else (view[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20))
-    r = requests.post(f"{api}/v1/models/yolo/predict", data=data, headers={"content-type": "image/jpeg"},
+    r = requests.post(f"{api}/v1/models/det/predict", data=data, headers={"content-type": "image/jpeg"},
                       timeout=120)
     assert r.status_code == 413, r.text
     assert r.json()["error"]["code"] == "payload_too_large" and r.json()["request_id"]
@@ -253,33 +237,26 @@ def test_a_long_model_name_is_not_echoed_whole_and_the_request_id_header_is_sing
     r = requests.post(f"{api}/v1/models/{'n' * 10_000}/predict", data=b"x", timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert len(r.json()["error"]["message"]) < 400
-    r = predict(api, "yolo", BUS_JPG.read_bytes())
+    r = predict(api, "det", SHAPES.read_bytes())
     assert r.status_code == 200
     ids = r.raw.headers.getlist("x-request-id")
     assert ids == [r.json()["request_id"]], ids
 
 
-def raw_http(base: str, payload: bytes) -> str:
-    host, port = base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(payload)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out.decode(errors="replace")
-
-
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /v1/models/yolo/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-], ids=["bad-content-length", "100KB-path"])
-def test_requests_the_http_layer_cannot_parse_get_the_json_error_too(api, request_bytes):
-    """Uvicorn's own 400s were text/plain without a request id."""
-    answer = raw_http(api, request_bytes)
-    head, _, body = answer.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 400") and "content-type: application/json" in head.lower(), head
-    error = json.loads(body)
-    assert error["error"]["code"] == "bad_request" and error["request_id"] in head
+def read_response(s: socket.socket) -> str:
+    """One HTTP response from `s`: its head, then as many body bytes as its Content-Length says."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed before a whole response head: {out[:200]!r}"
+        out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed inside the response body"
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
 
 
 def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
@@ -290,7 +267,7 @@ def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
     slow = []
     for _ in range(100):
         s = socket.create_connection((host, int(port)), timeout=30)
-        s.sendall(b"POST /v1/models/yolo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        s.sendall(b"POST /v1/models/det/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                   b"Content-Length: 100000\r\n\r\n")
         slow.append(s)
     stop = threading.Event()
@@ -307,14 +284,13 @@ def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
     trickler = threading.Thread(target=trickle)
     trickler.start()
     try:
-        data, times = BUS_JPG.read_bytes(), []
+        data, times = SHAPES.read_bytes(), []
         for _ in range(10):
             t0 = time.monotonic()
-            assert predict(api, "yolo", data).status_code == 200
+            assert predict(api, "det", data).status_code == 200
             times.append(time.monotonic() - t0)
-        assert max(times) < 2.0, times  # a lone YOLOv8n request takes ~0.1-0.2 s on 2 cores
-        time.sleep(BODY_TIMEOUT_S + 1)
-        answer = slow[0].recv(65536).decode(errors="replace")
+        assert max(times) < 2.0, times  # a lone request for the demo detector takes ~10-20 ms on 2 cores
+        answer = read_response(slow[0])  # blocks until the server cuts the body off
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         body = json.loads(answer.split("\r\n\r\n", 1)[1])
         assert body["error"]["code"] == "request_timeout" and body["request_id"]
@@ -325,6 +301,7 @@ def test_slow_clients_hold_no_slot_and_a_stalled_body_gets_a_json_408(api):
             s.close()
 
 
+@needs_shared_models
 def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api):
     """Far past capacity, every answer is a 200 or a JSON 503 `overloaded`
     with Retry-After, at once, and none waits for Serve's 30 s timeout (before admission: p50
@@ -334,7 +311,12 @@ def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api
     reached 1.0 s. On a ~3x slower 2-core AMD EPYC: 18 x 200 p50 0.43 s / p99 1.08 s, refusals p50
     52 ms / p99 128 ms. Asserted with room for such a VM: refusals p50 under 150 ms and p99 under
     500 ms (before reservations the median alone was 0.15-0.25 s), admitted p99 under 4x the
-    budget (before admission: p50 8.5 s)."""
+    budget (before admission: p50 8.5 s).
+
+    On YOLOv8n: these figures are a ~100 ms model's. The demo detector's ~5 ms runs put the same
+    clients nowhere near a budget that admitted requests on a busy 2-core machine reliably meet;
+    admission itself is checked on every checkout without Ray (tests/test_request_path_admission.py)
+    and over gRPC with the demo models (tests/test_oip.py)."""
     budget_ms, clients, seconds = 500, 20, 6
     data = BUS_JPG.read_bytes()
     predict(api, "yolo", data)  # the ingress has measured the model
@@ -368,23 +350,24 @@ def test_overload_is_shed_with_json_503_and_nothing_waits_for_serves_timeout(api
           f"{len(shed) - len(refusals)} x 503 deadline_exceeded")
 
 
-def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_is_back(api):
-    """Kept last in this module: it kills the module's Inference replica.
+def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_is_back(victim):
+    """It kills the Inference replica of an app of its own (`victim`, the demo detector, stages as
+    deployments), so no other test meets the dead replica or its replacement.
 
     Before: in-flight requests hung until Serve's 30 s timeout (plain-text 408), /readyz said 200
     throughout. Now every failure is a JSON 503 within the request's budget (+ slack); once one
     call has failed, the ingress fails fast (JSON 503 at once) until the stage answers again;
     /readyz answers within a second and says 503 while the stage is gone; serving comes back."""
-    data, budget_ms, results = BUS_JPG.read_bytes(), 2000, []
-    victim = next(p for p in psutil.process_iter(["cmdline"])
-                  if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:pipeline:Inference"))
+    api, data, budget_ms, results = victim, SHAPES.read_bytes(), 2000, []
+    replica = next(p for p in psutil.process_iter(["cmdline"])
+                   if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:victim:Inference"))
     done = threading.Event()
 
     def client():
         session = requests.Session()
         while not done.is_set():
             t0 = time.monotonic()
-            r = session.post(f"{api}/v1/models/yolo/predict", data=data, timeout=60,
+            r = session.post(f"{api}/v1/models/det/predict", data=data, timeout=60,
                              headers={"content-type": "image/jpeg", "x-request-timeout-ms": str(budget_ms)})
             code = r.json()["error"]["code"] if r.status_code != 200 else None  # JSON, or this raises
             results.append((r.status_code, time.monotonic() - t0, code, t0))
@@ -395,7 +378,7 @@ def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_
     for t in clients:
         t.start()
     time.sleep(1)
-    os.kill(victim.pid, signal.SIGKILL)
+    os.kill(replica.pid, signal.SIGKILL)
     killed_at, probes, back_after = time.monotonic(), [], None
     while time.monotonic() - killed_at < 90:
         t0 = time.monotonic()
@@ -421,7 +404,7 @@ def test_a_killed_inference_replica_gives_json_503s_and_readyz_says_so_until_it_
     first_answered = min(start + t for _, t, _, start in failures)
     later = sorted(t for _, t, _, start in failures if start > first_answered)
     assert later and later[len(later) // 2] < 0.5 and later[-1] < 1.5, later
-    assert predict(api, "yolo", data).status_code == 200
+    assert predict(api, "det", data).status_code == 200
     print(f"\nreadyz 503 for {back_after:.1f}s after the kill; {len(results)} requests, "
           f"{len(failures)} JSON 503s (all within {max(t for _, t, _, _ in failures):.2f}s; "
           f"{len(later)} at once: median {later[len(later) // 2] * 1000:.0f} ms, max {later[-1] * 1000:.0f} ms)")
