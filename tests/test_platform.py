@@ -28,6 +28,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(platform, "HTTP_PORT", free_port())
     monkeypatch.setattr(platform, "SERVE_PROXY_PORT", free_port())
     monkeypatch.setattr(platform, "DASHBOARD_PORT", free_port())
+    monkeypatch.setattr(platform, "GRPC_PORT", free_port())
     return data
 
 
@@ -91,3 +92,61 @@ def test_down_and_status_when_nothing_runs(isolated, capsys):
     assert platform.status() == 1
     out = capsys.readouterr().out
     assert "not running" in out
+
+
+def _spawn(env_marker: str | None, ignore_sigterm: bool = False, new_session: bool = True):
+    """A stand-in for one of the platform's processes: a child that sleeps until it is stopped."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import signal, sys, time\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_sigterm else "")
+            + "print('ready', flush=True)\ntime.sleep(120)\n")
+    env = dict(os.environ)
+    env.pop(platform.PLATFORM_MARKER_ENV, None)
+    if env_marker is not None:
+        env[platform.PLATFORM_MARKER_ENV] = env_marker
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+    assert proc.stdout.readline().strip() == "ready"  # its signal handling is set up
+    return proc
+
+
+def test_down_stops_every_process_of_the_platform_and_only_those(isolated, capsys):
+    """`down` finds the platform's processes by the head's session and by the marker every process
+    inherits (not by name), SIGTERMs them, SIGKILLs the one that ignores SIGTERM and says so, and
+    leaves a process of another checkout alone."""
+    head = _spawn(str(platform.DATA_DIR))  # the head: a session of its own
+    stubborn = _spawn(str(platform.DATA_DIR), ignore_sigterm=True)  # e.g. a lingering Ray process
+    other = _spawn(str(isolated.parent / "elsewhere" / ".data"))
+    try:
+        platform.DATA_DIR.mkdir(parents=True)
+        platform.STATE_FILE.write_text(json.dumps({"pgid": head.pid, "gcs_address": f"127.0.0.1:{free_port()}",
+                                                   "temp_dir": str(platform.DATA_DIR / "ray")}))
+        assert set(platform.platform_pids(head.pid)) == {head.pid, stubborn.pid}
+        assert platform.stop_platform(head.pid, grace_s=1) == {stubborn.pid: stubborn.args[0]}
+        assert head.wait(5) == -15 and stubborn.wait(5) == -9
+        assert "killed" in capsys.readouterr().out
+        assert other.poll() is None, "another checkout's process must not be touched"
+        assert platform.platform_pids(head.pid) == {}
+    finally:
+        for proc in (head, stubborn, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_down_waits_for_the_ports_and_removes_the_state(isolated, capsys):
+    head = _spawn(str(platform.DATA_DIR))
+    try:
+        platform.DATA_DIR.mkdir(parents=True)
+        platform.STATE_FILE.write_text(json.dumps({"pgid": head.pid, "gcs_address": f"127.0.0.1:{free_port()}",
+                                                   "temp_dir": str(platform.DATA_DIR / "ray")}))
+        assert platform.down() == 0
+        assert head.wait(5) == -15
+        assert not platform.STATE_FILE.exists()
+        assert capsys.readouterr().out.strip().endswith("stopped")
+        assert platform.down() == 0  # a second `down` has nothing to do
+    finally:
+        head.kill()
+        head.wait()

@@ -3,8 +3,9 @@
 `up` starts a Ray head of our own (its own temp dir under .data/, loopback dashboard) as
 one process group, registers the shipped demo models in the embedded MLflow registry if
 they are missing, deploys serve/config.yaml with `serve deploy`, waits until every model
-is warm and runs one sample request. `down` stops that process group and nothing else:
-no `ray stop`, which would kill every Ray on the machine.
+is warm and runs one sample request. `down` stops exactly the processes of that platform and
+returns once they are gone and their ports are free: no `ray stop`, which would kill every Ray on
+the machine.
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ RAY_TUNING_ENV = {
 # its servers bind there, and no other machine can join this head.
 LOOPBACK_ENV = {ray_compat.ENABLE_CLUSTERS_ENV: "0"}
 
+# Every process of the platform inherits this from the head: with the head's session id, it is how
+# `down` finds the replicas and the proxy, which run in process groups of their own.
+PLATFORM_MARKER_ENV = "VISIONRAY_PLATFORM_DIR"
+# How long `down` waits for the platform to exit after SIGTERM before it SIGKILLs what is left,
+# and how long `up` waits for a platform that is still stopping to let go of its ports. Measured
+# on a 2-core AMD EPYC: the replicas exit within ~1 s of SIGTERM (in-flight requests answered);
+# Ray's GCS, the Serve controller and proxy and `ray start --block` itself take 30-45 s, waiting
+# on each other's timeouts, so after the grace they are killed, as `ray stop` does after its own.
+STOP_GRACE_S = 10
+PORT_RELEASE_S = 15
+
 # Ray's logs, object spilling, the MLflow store and the model cache all live under .data/.
 MIN_FREE_DISK_BYTES = 1 << 30
 
@@ -76,7 +88,10 @@ def _bin(name: str) -> str:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port. SO_REUSEADDR, as every server we start sets it: connections
+    the old server closed (TIME_WAIT) must not count as "in use"."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -151,6 +166,81 @@ def _check_ports() -> None:
                              f"shows which); stop it or free the port")
 
 
+def platform_pids(session_id: int | None = None, data_dir: Path | None = None) -> dict[int, str]:
+    """The live processes of the platform started in `session_id` or marked with `data_dir`: pid -> name.
+
+    The head runs as a session of its own (`start_new_session`), and Ray's workers, the Serve
+    proxy and the replicas stay in it though each makes a process group of its own. The marker
+    variable also finds them should one ever leave the session. Nothing else on the machine is
+    looked at twice: not by name, never another Ray.
+    """
+    marker = f"{PLATFORM_MARKER_ENV}={data_dir or DATA_DIR}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            ours = session_id is not None and os.getsid(pid) == session_id
+            if not ours:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    ours = marker in f.read().split(b"\0")
+            if ours and not _is_zombie(pid):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found[pid] = f.read().split(b"\0")[0].decode(errors="replace")[:80] or entry
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    """Exited, waiting for a parent to reap it: holds no port and no memory, and no signal ends it."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+
+
+def _signal_all(pids, sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def stop_platform(session_id: int | None, grace_s: float = STOP_GRACE_S, quiet: bool = False) -> dict[int, str]:
+    """SIGTERM every process of this platform, wait up to `grace_s`, SIGKILL exactly those left.
+
+    Returns what had to be killed, and says so unless `quiet`.
+    """
+    _signal_all(platform_pids(session_id), signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (left := platform_pids(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        if not quiet:
+            print(f"    still running {grace_s:.0f} s after SIGTERM, killed: "
+                  + ", ".join(f"{pid} {name.rsplit('/', 1)[-1]}" for pid, name in sorted(left.items())))
+        _signal_all(left, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while platform_pids(session_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return left
+
+
+def platform_ports(state: dict | None = None) -> dict[int, str]:
+    ports = {HTTP_PORT: "HTTP", GRPC_PORT: "gRPC", SERVE_PROXY_PORT: "Serve's proxy", DASHBOARD_PORT: "Ray dashboard"}
+    if state and state.get("gcs_address"):
+        ports[int(state["gcs_address"].rsplit(":", 1)[1])] = "Ray GCS"
+    return ports
+
+
+def _wait_ports_free(ports, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (held := [p for p in ports if not _port_free(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return held
+
+
 def _state() -> dict | None:
     if not STATE_FILE.is_file():
         return None
@@ -162,8 +252,19 @@ def _state() -> dict | None:
     return state
 
 
+def _let_a_stopping_platform_go() -> None:
+    """Processes of this checkout's platform with no live head are a platform still stopping (or
+    left by a crash): give them a moment to exit, then stop them, so its ports come free."""
+    if not platform_pids():
+        return
+    step("a previous platform of this checkout is still stopping; waiting for it")
+    stop_platform(None, grace_s=PORT_RELEASE_S)
+    _wait_ports_free(platform_ports(), PORT_RELEASE_S)
+
+
 def _start_ray() -> dict:
     _check_disk()
+    _let_a_stopping_platform_go()
     _check_ports()
     token, created = auth.ensure_token()
     step(f"cluster token: {'created ' if created else ''}{token} (token auth is on)")
@@ -192,7 +293,8 @@ def _start_ray() -> dict:
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=PROJECT_ROOT,
-                                env=auth.token_env({**os.environ, **RAY_TUNING_ENV, **LOOPBACK_ENV}))
+                                env=auth.token_env({**os.environ, **RAY_TUNING_ENV, **LOOPBACK_ENV,
+                                                    PLATFORM_MARKER_ENV: str(DATA_DIR)}))
     state = {"pgid": proc.pid, "gcs_address": f"127.0.0.1:{gcs_port}", "temp_dir": str(temp_dir),
              "dashboard": f"http://127.0.0.1:{DASHBOARD_PORT}", "started": time.time()}
     STATE_FILE.write_text(json.dumps(state, indent=2))
@@ -279,31 +381,25 @@ Try:
 
 
 def down(quiet: bool = False) -> int:
-    if not STATE_FILE.is_file():
+    """Stop the platform and return only when all of its processes are gone and its ports free."""
+    state = json.loads(STATE_FILE.read_text()) if STATE_FILE.is_file() else None
+    if state is None and not platform_pids():
         if not quiet:
             print("visionray is not running (no .data/platform.json)")
         return 0
-    state = json.loads(STATE_FILE.read_text())
-    pgid = state["pgid"]
+    session_id = state["pgid"] if state else None
     if not quiet:
-        step(f"stopping the Ray head process group {pgid}")
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            continue
-        break
+        step(f"stopping the platform (Ray head session {session_id})" if state else
+             "stopping what is left of a platform of this checkout")
+    stop_platform(session_id, quiet=quiet)
     STATE_FILE.unlink(missing_ok=True)
-    shutil.rmtree(Path(state["temp_dir"]) / "sockets", ignore_errors=True)
+    if state:
+        shutil.rmtree(Path(state["temp_dir"]) / "sockets", ignore_errors=True)
+    held = _wait_ports_free(platform_ports(state), PORT_RELEASE_S)
+    if held:
+        print(f"error: port(s) {', '.join(map(str, held))} still in use after the platform stopped; "
+              f"`ss -ltnp` shows by whom", file=sys.stderr)
+        return 1
     if not quiet:
         print("stopped")
     return 0
