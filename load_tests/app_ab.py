@@ -101,6 +101,8 @@ def report(meta: dict, runs: dict[str, list[dict]]) -> str:
         env = meta[f"{side}_env"]
         lines.append(f"- {side}: `{json.dumps(meta[side])}` over the shipped app"
                      + (f", env `{json.dumps(env)}`" if env else ""))
+    if meta.get("review_images_kept") is not None:
+        lines.append(f"- review store at the end: {meta['review_images_kept']} images kept")
     lines += ["", "| side | conc. | img/s | p50 ms | p99 ms | CPU ms/req | own replica CPU ms/req | errors |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in meta["concurrency"]:
@@ -180,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  c{c} round {i + 1} {side}: {run['img_s']:.1f} img/s, p50 {run['p50_ms']:.2f} ms, "
                               f"{run['cpu_ms']:.2f} ms CPU/req ({run['own_cpu_ms']:.2f} in the app's own replica)"
                               + (f", {load.failures} errors" if load.failures else ""), flush=True)
+        # Proof that b captured at all (the review presets): what its store kept.
+        kept = len(list((scratch / "review" / "images").glob("*"))) if (scratch / "review").is_dir() else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "model": f"{model.name} on {image.name}",
             "preset": args.preset, "a": overrides["a"], "b": overrides["b"], "a_env": args.a_env, "b_env": args.b_env,
-            "rounds": args.rounds, "duration_s": args.duration, "concurrency": args.concurrency}
+            "rounds": args.rounds, "duration_s": args.duration, "concurrency": args.concurrency,
+            "review_images_kept": kept}
     text = report(meta, runs)
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
--- wrk script for make bench: POSTs one image file per request (closed loop: each connection
--- sends its next request when the previous one answered) and prints a one-line JSON summary.
+-- wrk script for the load tools (load_tests/harness.py run_wrk): POSTs one image file per request
+-- (closed loop: each connection sends its next request when the previous one answered) and prints
+-- a one-line JSON summary.
 --   WRK_IMAGE=bus.jpg wrk -t1 -c8 -d15s -s load_tests/wrk_post.lua http://127.0.0.1:8000/v1/models/NAME/predict
 local path = assert(os.getenv("WRK_IMAGE"), "set WRK_IMAGE to the image file to send")
 local file = assert(io.open(path, "rb"))
