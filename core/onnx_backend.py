@@ -32,7 +32,7 @@ VERIFY_ATOL = 1e-4
 # The default for lone_run_min_ms. More threads save a lone run a share of its time and cost CPU
 # (fork/join, idle waits). 2-core AMD EPYC, 1 -> 2 threads: YOLOv8n int8 89 -> 64 ms p50 (25 ms
 # saved); the demo detector 9.8 -> 6.4 ms for 9.8 -> 11.7 ms of CPU per run (3.4 ms saved at +20%
-# CPU; load_tests/cpu_probes.py ort-threads). Below ~20 ms the few ms saved are not worth the
+# CPU, measured in process). Below ~20 ms the few ms saved are not worth the
 # cores they take from other work.
 LONE_RUN_MIN_MS = 20.0
 

@@ -287,7 +287,7 @@ def _start_ray() -> dict:
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
         # The log monitor copies every worker's output into GCS for drivers to print; nothing
         # `make up` runs reads it (logs stay in files, read by the dashboard through its agent),
-        # and it cost ~17 ms of CPU per second on an idle 2-core EPYC (load_tests/cpu_probes.py idle).
+        # and it cost ~17 ms of CPU per second on an idle 2-core EPYC, measured by process.
         "--include-log-monitor=False",
     ]
     with open(log, "ab") as out:
