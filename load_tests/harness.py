@@ -112,12 +112,13 @@ class ServedCluster:
     def __init__(self, models: dict[str, Path] | None = None, *, providers: list[str] = CPU_PROVIDERS,
                  intra_op_threads: int = 1, user_config: dict | None = None, stages: str = "in_process",
                  app_args: dict | None = None, ingress_replicas: int = 1, num_cpus: int | None = None):
-        import ray
         from ray import serve
+
+        from deployments.ray_compat import ray_init
 
         self.temp_dir = tempfile.mkdtemp(prefix="vrb", dir="/tmp")
         # At least 4 logical CPUs, so the replicas' fractional num_cpus all fit on a 2-core machine.
-        ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), _temp_dir=self.temp_dir,
+        ray_init(self.temp_dir, address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1),
                  include_dashboard=True, dashboard_port=free_port(), logging_level="WARNING", log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
                     logging_config={"enable_access_log": False})
