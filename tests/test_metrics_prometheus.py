@@ -7,6 +7,7 @@ are read back through Prometheus' HTTP API.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ from visionray.prometheus_config import service_discovery_file, write_prometheus
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs the prometheus binary (Debian package `prometheus`; .ci/run installs it)")
 
-MODEL = "metrics-det"
+APP = "metrics"
 SAMPLE = evaluate.HERE / "samples" / "shapes_640x480.jpg"
 
 
@@ -49,15 +50,19 @@ def prometheus(ray_cluster, ray_temp_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def metrics_api(ray_cluster):
+    """The app, with a model of its own for each test: what one test sends never adds to what the
+    other counts, whichever runs first. The names are new at each deployment, so that series an
+    earlier deployment left in Ray's exporter are never this one's."""
     from ray import serve
 
-    port = free_port()
-    deploy([app_config("metrics", "/metrics-app", [{"name": MODEL, "path": str(evaluate.DETECTOR_PATH)}],
-                       http_port=port)])
+    port, tag = free_port(), secrets.token_hex(3)
+    models = {"counted": f"metrics-det-{tag}", "dashboard": f"metrics-dash-{tag}"}
+    deploy([app_config(APP, "/metrics-app", [{"name": name, "path": str(evaluate.DETECTOR_PATH)}
+                                             for name in models.values()], http_port=port)])
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/readyz")
-    yield base
-    serve.delete("metrics")
+    yield {"base": base, **models}
+    serve.delete(APP)
 
 
 def query(prometheus: str, promql: str) -> list[dict]:
@@ -83,8 +88,9 @@ def eventually(prometheus: str, promql: str, expected: float, timeout_s: float =
 
 
 def test_prometheus_sees_requests_by_code_stage_latencies_and_the_version_in_service(prometheus, metrics_api):
+    base, model = metrics_api["base"], metrics_api["counted"]
     data = SAMPLE.read_bytes()
-    url = f"{metrics_api}/v1/models/{MODEL}/predict"
+    url = f"{base}/v1/models/{model}/predict"
     good, bad = 9, 3
     for _ in range(good):
         assert requests.post(url, data=data, headers={"content-type": "image/jpeg"}, timeout=30).status_code == 200
@@ -92,26 +98,28 @@ def test_prometheus_sees_requests_by_code_stage_latencies_and_the_version_in_ser
                          timeout=30).status_code == 400
     assert requests.post(url, data=data, params={"conf": "2"}, timeout=30).status_code == 422
     assert requests.post(url, data=b"", headers={"content-type": "image/jpeg"}, timeout=30).status_code == 400
-    unknown = requests.post(f"{metrics_api}/v1/models/{'x' * 300}/predict", data=data, timeout=30)
+    unknown = requests.post(f"{base}/v1/models/{'x' * 300}/predict", data=data, timeout=30)
     assert unknown.status_code == 404
 
-    ok = f'sum(ray_visionray_requests_total{{model="{MODEL}",code="200"}})'
+    ok = f'sum(ray_visionray_requests_total{{model="{model}",code="200"}})'
     assert eventually(prometheus, ok, good) == good
-    assert eventually(prometheus, f'sum(ray_visionray_requests_total{{model="{MODEL}",code=~"4.."}})', bad) == bad
-    # The unknown name is not a label value: it is counted under one bounded name.
-    assert eventually(prometheus, 'sum(ray_visionray_requests_total{model="_unknown",code="404"})', 1) == 1
+    assert eventually(prometheus, f'sum(ray_visionray_requests_total{{model="{model}",code=~"4.."}})', bad) == bad
+    # The unknown name is not a label value: it is counted under one bounded name (this app's: other
+    # tests' apps in the same cluster count their own).
+    unknown_404 = f'sum(ray_visionray_requests_total{{model="_unknown",code="404",application="{APP}"}})'
+    assert eventually(prometheus, unknown_404, 1) == 1
     assert not query(prometheus, f'ray_visionray_requests_total{{model="{"x" * 300}"}}')
 
     stages = {r["metric"]["stage"]: float(r["value"][1]) for r in query(
-        prometheus, f'sum by (stage) (ray_visionray_stage_latency_ms_count{{model="{MODEL}"}})')}
+        prometheus, f'sum by (stage) (ray_visionray_stage_latency_ms_count{{model="{model}"}})')}
     assert stages == {"queue": good, "preprocess": good, "inference": good, "postprocess": good}, stages
     p50 = value(prometheus, f'histogram_quantile(0.5, sum by (le) '
-                            f'(ray_visionray_stage_latency_ms_bucket{{model="{MODEL}",stage="inference"}}))')
+                            f'(ray_visionray_stage_latency_ms_bucket{{model="{model}",stage="inference"}}))')
     assert p50 is not None and 0 < p50 < 5_000
-    assert value(prometheus, f'sum(ray_visionray_batch_size_count{{model="{MODEL}"}})') == good
+    assert value(prometheus, f'sum(ray_visionray_batch_size_count{{model="{model}"}})') == good
 
-    version = requests.get(f"{metrics_api}/v1/models/{MODEL}", timeout=30).json()["version"]
-    serving = query(prometheus, f'ray_visionray_model_serving{{model="{MODEL}"}} == 1')
+    version = requests.get(f"{base}/v1/models/{model}", timeout=30).json()["version"]
+    serving = query(prometheus, f'ray_visionray_model_serving{{model="{model}"}} == 1')
     assert [(r["metric"]["version"], r["metric"]["alias"]) for r in serving] == [(version, "production")], serving
     assert value(prometheus, "max(ray_visionray_registry_seconds_since_success)") is not None
 
@@ -124,9 +132,10 @@ def test_every_dashboard_query_runs_in_prometheus_and_the_traffic_panels_show_th
     from pathlib import Path
 
     dashboard = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    base, model = metrics_api["base"], metrics_api["dashboard"]
     data = SAMPLE.read_bytes()
     for _ in range(5):
-        assert requests.post(f"{metrics_api}/v1/models/{MODEL}/predict", data=data,
+        assert requests.post(f"{base}/v1/models/{model}/predict", data=data,
                              headers={"content-type": "image/jpeg"}, timeout=30).status_code == 200
     must_show = {"Requests/s by model and status", "Latency p50 / p99 by model (ms)",
                  "Images per model run (batch size, mean)", "Version in service (1 = serving)"}
@@ -142,7 +151,7 @@ def test_every_dashboard_query_runs_in_prometheus_and_the_traffic_panels_show_th
     missing = dict(shown_by)
     while missing and time.monotonic() < deadline:
         for title, expr in list(missing.items()):
-            if any(r["metric"].get("model") == MODEL for r in query(prometheus, expr)):
+            if any(r["metric"].get("model") == model for r in query(prometheus, expr)):
                 del missing[title]
         time.sleep(1)
-    assert not missing, f"panels without a series for {MODEL}: {sorted(missing)}"
+    assert not missing, f"panels without a series for {model}: {sorted(missing)}"
