@@ -18,9 +18,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from core import accelerators
 from core.model_spec import ModelSpec, check_output_shape
 from core.postprocessing import looks_like_probabilities
 from core.preprocessing import InputNormaliser
+from core.simulated_device import NAME as SIMULATED_DEVICE
+from core.simulated_device import SimulatedRuns, simulated_options
 
 log = logging.getLogger("visionray.onnx")
 
@@ -44,7 +47,18 @@ class BackendSettings:
     # Spinning threads burn a core each while idle; on a shared CPU that costs more
     # than the microseconds of wake-up latency it saves.
     allow_spinning: bool = False
+    # TensorRT (core/accelerators.py): engines and timing cache under this folder, per model,
+    # GPU and TensorRT version; None: engines built at every start.
     trt_engine_cache_dir: str | None = None
+    # FP16 engines (an explicit trt_fp16_enable in the provider's options wins).
+    trt_fp16: bool = True
+    # The optimization profile of a batch-dynamic input: batches 1..trt_max_batch, tuned for
+    # trt_opt_batch (None: the max). The inference stage never forms a larger batch.
+    trt_max_batch: int = 8
+    trt_opt_batch: int | None = None
+    # Bind inputs and outputs with ORT's IOBinding (CUDA/TensorRT: the input is copied to the
+    # device once, by us; CPU: the same run through the binding API).
+    io_binding: bool = False
     # Threads of a run that has the model to itself (0: same as intra_op_threads). A lone request
     # should not pay for the throughput setting: see OnnxModel.run.
     lone_run_threads: int = 0
@@ -76,8 +90,9 @@ def session_options(settings: BackendSettings, threads: int | None = None) -> or
 def resolve_providers(requested: list, cache_dir: str | None = None) -> list:
     """Keep the requested providers this onnxruntime build has, in priority order.
 
-    Entries are names or (name, options) pairs. The TensorRT engine cache defaults to a
-    directory beside the model cache so engines survive restarts.
+    Entries are names or (name, options) pairs. With `cache_dir`, TensorRT caches its engines
+    there (OnnxModel instead keys a folder per model, GPU and TensorRT version under its
+    trt_engine_cache_dir: core/accelerators.py).
     """
     available = set(ort.get_available_providers())
     out = []
@@ -165,7 +180,11 @@ def _median_run_s(run, repeats: int = 5) -> float:
 
 
 class OnnxModel:
-    """A loaded, verified, warmed model that runs uint8 image batches."""
+    """A loaded, verified, warmed model that runs uint8 image batches.
+
+    With `SimulatedDevice` among the providers (benchmarks and tests only) the sessions run on the
+    CPU and `run` answers through core/simulated_device.py: the real outputs, at simulated times.
+    """
 
     def __init__(self, path: str | Path, spec: ModelSpec, settings: BackendSettings | None = None):
         self.path = str(path)
@@ -173,25 +192,104 @@ class OnnxModel:
         self.settings = settings or BackendSettings()
         self.normalise = InputNormaliser(spec.preprocessing, spec.input_dtype)
         self._opts = session_options(self.settings)
-        self._providers = resolve_providers(self.settings.providers, self.settings.trt_engine_cache_dir)
+        simulated = simulated_options(self.settings.providers)
+        requested = ["CPUExecutionProvider"] if simulated is not None else self.settings.providers
+        accelerators.preload_gpu_libraries(requested)
+        self._providers = resolve_providers(requested)
+        self._trt_host: dict | None = None
         t0 = time.perf_counter()
-        self.session = ort.InferenceSession(self.path, self._opts, providers=self._providers)
+        self.session = self._new_session(self.path, dynamic_batch=self.spec.fixed_batch in (None, 0))
         self.providers = self.session.get_providers()
+        self._io_device = self._io_binding_device()
+        self.simulated = None
+        if simulated is not None:
+            self.simulated = SimulatedRuns(simulated, self._run, Path(self.path).name)
+            self.providers = [SIMULATED_DEVICE]
         self.batch_mode, self._batch_session = self._prepare_batching()
         # A single-threaded CPU run's time at load (ms; None on other providers).
         self.run_ms = self._measure_run_ms()
         self.lone_run_threads, self._lone_session = self._prepare_lone_runs()
         self.outputs_probabilities = self._detect_output_kind()
         self.batch_invariant = self._check_batch_invariance()
+        # The largest batch a run may have (None: any): a TensorRT engine's profile ends there.
+        self.max_batch_size = self._profile_max_batch()
+        if self.providers[0] == accelerators.TRT:
+            # Build the engine for every batch size of the profile now, not on a first request.
+            t_build = time.perf_counter()
+            self.warm_up(self.max_batch_size or 1)
+            log.info("%s: TensorRT engine ready for batches 1..%s in %.0f ms", Path(self.path).name,
+                     self.max_batch_size or 1, (time.perf_counter() - t_build) * 1000)
         self.load_ms = (time.perf_counter() - t0) * 1000
         log.info(
             "loaded %s: providers=%s batch_mode=%s batch_invariant=%s (%.0f ms)",
             Path(self.path).name, self.providers, self.batch_mode, self.batch_invariant, self.load_ms,
         )
 
-    # -- batching -----------------------------------------------------------------------
+    # -- sessions -----------------------------------------------------------------------
+    def _new_session(self, path: str, dynamic_batch: bool, threads: int | None = None) -> ort.InferenceSession:
+        opts = session_options(self.settings, threads) if threads else self._opts
+        return ort.InferenceSession(path, opts, providers=self._session_providers(dynamic_batch))
+
+    def _session_providers(self, dynamic_batch: bool) -> list:
+        """The resolved providers, TensorRT's options completed for this model (core/accelerators.py)."""
+        out = []
+        for entry in self._providers:
+            name, opts = (entry, {}) if isinstance(entry, str) else entry
+            if name == accelerators.TRT:
+                out.append((name, self._tensorrt_options(opts, dynamic_batch)))
+            else:
+                out.append(entry)
+        return out
+
+    def _tensorrt_options(self, opts: dict, dynamic_batch: bool) -> dict:
+        if self._trt_host is None:  # read once: the model's hash, the GPU, TensorRT's version
+            self._trt_host = {"model_sha256": accelerators.file_sha256(self.path),
+                              "gpu_name": accelerators.gpu_name(accelerators.cuda_device_id(self._providers)),
+                              "trt_version": accelerators.tensorrt_version()}
+        pre = self.spec.preprocessing
+        item = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
+        out = accelerators.tensorrt_options(
+            opts, input_name=self.spec.input_name, item_shape=item, dynamic_batch=dynamic_batch,
+            max_batch=self.settings.trt_max_batch, opt_batch=self.settings.trt_opt_batch,
+            fp16=self.settings.trt_fp16, cache_root=self.settings.trt_engine_cache_dir, **self._trt_host)
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            if out.get(key):
+                Path(out[key]).mkdir(parents=True, exist_ok=True)
+        return out
+
+    def _profile_max_batch(self) -> int | None:
+        if self.providers[0] != accelerators.TRT or self.batch_mode == "per_item":
+            return None
+        dynamic = self.batch_mode == "rewritten" or self.spec.fixed_batch in (None, 0)
+        trt = next((opts for name, opts in (e for e in self._session_providers(dynamic) if not isinstance(e, str))
+                    if name == accelerators.TRT), {})
+        return accelerators.profile_max_batch(trt)
+
+    def _io_binding_device(self) -> str | None:
+        """Where IOBinding puts the input: "cuda" on the NVIDIA providers, "cpu" on the CPU; None: off."""
+        if not self.settings.io_binding:
+            return None
+        return "cuda" if self.providers[0] in accelerators.GPU_PROVIDERS else "cpu"
+
     def _raw(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        if self._io_device is not None:
+            return self._raw_bound(session, x)
         return session.run([self.spec.output_name], {self.spec.input_name: x})[0]
+
+    def _raw_bound(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        """One run through IOBinding: the input bound where the session computes, the output to the CPU."""
+        binding = session.io_binding()
+        x = np.ascontiguousarray(x)
+        if self._io_device == "cpu":
+            binding.bind_cpu_input(self.spec.input_name, x)
+        else:
+            device_id = accelerators.cuda_device_id(self._providers)
+            binding.bind_ortvalue_input(self.spec.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", device_id))
+        binding.bind_output(self.spec.output_name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    # -- batching -----------------------------------------------------------------------
 
     def _prepare_batching(self) -> tuple[str, ort.InferenceSession | None]:
         if self.spec.fixed_batch in (None, 0):
@@ -201,9 +299,10 @@ class OnnxModel:
         try:
             rewritten = make_batch_dynamic(onnx.load(self.path))
             with tempfile.TemporaryDirectory() as tmp:
+                # The file's name stays the same at every load (the TensorRT EP hashes names).
                 p = os.path.join(tmp, "batch_dynamic.onnx")
                 onnx.save(rewritten, p)
-                session = ort.InferenceSession(p, self._opts, providers=self._providers)
+                session = self._new_session(p, dynamic_batch=True)
             pair = np.concatenate([samples, samples])
             out = self._raw(session, pair)
             if out.shape[0] == 2 and all(np.allclose(o, reference[0], atol=VERIFY_ATOL) for o in out):
@@ -244,8 +343,7 @@ class OnnxModel:
             log.info("%s: runs take %.1f ms; a lone run stays on %d thread(s)", Path(self.path).name, narrow_ms,
                      self.settings.intra_op_threads)
             return narrow
-        session = ort.InferenceSession(self.path, session_options(self.settings, threads),
-                                       providers=self._providers)
+        session = self._new_session(self.path, self.spec.fixed_batch in (None, 0), threads)
         log.info("%s: runs take %.1f ms; a lone run uses %d threads", Path(self.path).name, narrow_ms, threads)
         return threads, session
 
@@ -276,12 +374,21 @@ class OnnxModel:
         session's threads. (Its outputs equal the narrow session's within float rounding.)
         """
         x = self.normalise(images)
+        if self.simulated is not None:
+            # The input is built on the CPU as for a real device; the answer comes from the cache.
+            return self.simulated.run(images, x)
         if alone and self._lone_session is not None and len(images) == 1:
             return self._raw(self._lone_session, x)
         return self._run(x)
 
     def warm_up(self, max_batch_size: int) -> None:
-        """Run every batch size once so no request pays for first-run allocation."""
+        """Run every batch size once so no request pays for first-run allocation.
+
+        Not on the simulated device: it has nothing to allocate, and its CPU session (batches of
+        one) was run at load.
+        """
+        if self.simulated is not None:
+            return
         images = sample_images(self.spec, max_batch_size, seed=3)
         for n in range(1, max_batch_size + 1):
             self.run(images[:n])

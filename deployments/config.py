@@ -43,7 +43,9 @@ class ModelEntry(BaseModel):
 class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Priority order; entries are provider names or [name, {options}].
+    # Priority order; entries are provider names or [name, {options}]. `SimulatedDevice` (with
+    # {preset} or {fixed_ms, per_image_ms, streams}) is a SIMULATED accelerator for benchmarks and
+    # tests only: real answers computed on CPU, simulated run times (docs/accelerators.md).
     providers: list = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(default=2, ge=1)
     # Threads of a run that has the model to itself ("auto": the cores this process may use; 0:
@@ -54,7 +56,29 @@ class BackendConfig(BaseModel):
     # backend's default (core/onnx_backend.py LONE_RUN_MIN_MS, with its measurements).
     lone_run_min_ms: float | None = Field(default=None, ge=0)
     allow_spinning: bool = False
+    # TensorRT (docs/accelerators.md): engine and timing caches under this folder (a folder per
+    # model sha256, GPU and TensorRT version); FP16; the batch profile 1..trt_max_batch, tuned for
+    # trt_opt_batch (null: the max). Options in the provider's own entry win.
     trt_engine_cache_dir: str | None = None
+    trt_fp16: bool = True
+    trt_max_batch: int = Field(default=8, ge=1, le=256)
+    trt_opt_batch: int | None = Field(default=None, ge=1, le=256)
+    # Bind inputs/outputs with ORT's IOBinding (CUDA/TensorRT: one explicit copy to the device).
+    io_binding: bool = False
+
+    @field_validator("providers")
+    @classmethod
+    def _known_simulated_options(cls, v):
+        from core.simulated_device import parse_options, simulated_options
+
+        for entry in v:
+            if not isinstance(entry, str) and not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                                                   and isinstance(entry[0], str) and isinstance(entry[1], dict)):
+                raise ValueError(f"a provider is a name or [name, {{options}}], got {entry!r}")
+        options = simulated_options(v)
+        if options is not None:
+            parse_options(options)  # raises ValueError naming what is wrong
+        return v
 
     def settings(self):
         """The backend's BackendSettings, with "auto" resolved on the machine running it."""

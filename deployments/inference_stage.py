@@ -22,6 +22,15 @@ from model_registry.source import RegistryUnavailable, ResolvedModel, model_key
 log = logging.getLogger("ray.serve")
 
 
+def _ray_gpu_ids() -> list[str] | None:
+    """The GPUs Ray gave this replica (`num_gpus`; logical ones for a simulated device); None outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+
+
 def _not_run_timings() -> dict:
     """The timings of images that were not run (their deadline had passed)."""
     return {"inference_ms": 0.0, "batch_size": 0, "node_id": node_id()}
@@ -52,8 +61,14 @@ class BatchedModel:
     def apply(self, batching: BatchingConfig) -> None:
         if batching.max_concurrent_batches != self.max_concurrent_batches:
             self._start_runners(batching.max_concurrent_batches)
-        # A batch-variant model (e.g. dynamically quantized) must never share a run.
+        # A batch-variant model (e.g. dynamically quantized) must never share a run, and a TensorRT
+        # engine runs no batch beyond its profile.
         size = batching.max_batch_size if self.model.batch_invariant else 1
+        if self.model.max_batch_size is not None and size > self.model.max_batch_size:
+            log.warning("%s: max_batch_size %d exceeds the TensorRT profile's %d (backend.trt_max_batch); "
+                        "batches stop at %d", self.resolved.name, size, self.model.max_batch_size,
+                        self.model.max_batch_size)
+            size = self.model.max_batch_size
         if size > self._warmed:
             self.model.warm_up(size)
             self._warmed = size
@@ -216,6 +231,13 @@ class BatchedModel:
         return [np.ascontiguousarray(out[i]) for i in range(len(images))]
 
     def status(self) -> dict:
+        out = self._status()
+        if self.model.simulated is not None:
+            # SIMULATED DEVICE (benchmarks and tests only): its curve, counters and answer cache.
+            out["device"] = {**self.model.simulated.status(), "ray_gpu_ids": _ray_gpu_ids()}
+        return out
+
+    def _status(self) -> dict:
         return {
             "version": self.resolved.version,
             "state": "ready",
