@@ -56,6 +56,14 @@ bench: $(STAMP)
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[cpu,test,bench]" $(PIN)
 	$(BIN)/python -m load_tests.bench $(ARGS)
 
+# On an NVIDIA GPU host: onnxruntime-gpu in a venv of its own (.data/gpu-venv), the served answers
+# on CUDA and on TensorRT against the CPU reference, and the device's throughput
+# (load_tests/gpu_check.py, docs/accelerators.md). `make gpu-check DRY_RUN=1` on a CPU host: every
+# step printed, the CPU side run, the GPU steps "skipped: no GPU".
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	DRY_RUN=$(DRY_RUN) $(BIN)/python -m load_tests.gpu_check
+
 # Refresh the lock on purpose: newest releases within pyproject.toml's bounds, in a scratch venv.
 # Then run `make test` (which reinstalls from it) before committing the new file.
 .PHONY: lock
