@@ -258,12 +258,13 @@ class OnnxModel:
         return out
 
     def _profile_max_batch(self) -> int | None:
+        """The largest batch the TensorRT engine's profile takes (None: not on TensorRT, or runs of one)."""
         if self.providers[0] != accelerators.TRT or self.batch_mode == "per_item":
             return None
-        dynamic = self.batch_mode == "rewritten" or self.spec.fixed_batch in (None, 0)
-        trt = next((opts for name, opts in (e for e in self._session_providers(dynamic) if not isinstance(e, str))
-                    if name == accelerators.TRT), {})
-        return accelerators.profile_max_batch(trt)
+        for entry in self._session_providers(dynamic_batch=True):  # "native" or "rewritten": batch-dynamic
+            if not isinstance(entry, str) and entry[0] == accelerators.TRT:
+                return accelerators.profile_max_batch(entry[1])
+        return None
 
     def _io_binding_device(self) -> str | None:
         """Where IOBinding puts the input: "cuda" on the NVIDIA providers, "cpu" on the CPU; None: off."""
@@ -290,7 +291,6 @@ class OnnxModel:
         return binding.copy_outputs_to_cpu()[0]
 
     # -- batching -----------------------------------------------------------------------
-
     def _prepare_batching(self) -> tuple[str, ort.InferenceSession | None]:
         if self.spec.fixed_batch in (None, 0):
             return "native", self.session

@@ -85,6 +85,8 @@ def test_the_backend_completes_tensorrt_options_per_session(tmp_path):
     assert opts["trt_profile_max_shapes"] == "images:4x3x320x320" and opts["device_id"] == 0
     assert Path(opts["trt_engine_cache_path"]).is_dir() and Path(opts["trt_timing_cache_path"]).is_dir()
     assert "trt_profile_max_shapes" not in fixed[0][1]
+    model.providers = ["TensorrtExecutionProvider"]  # as if the session had got TensorRT
+    assert model._profile_max_batch() == 4  # the inference stage caps its batches there
 
 
 def test_backend_config_carries_the_gpu_settings():
