@@ -208,6 +208,11 @@ def start_replica(models: list[dict], *, grpc: bool = True, gated: bool = False,
     arg_overrides.setdefault("metrics", False)
     args = app_config("in-process", "/", models, http_port=free_port(), grpc_port=free_port() if grpc else None,
                       **arg_overrides)["args"]
+    if "backend" not in arg_overrides:
+        # No lone-run threads: where a model is slow enough to get them (core/onnx_backend.py,
+        # LONE_RUN_MIN_MS), a lone request's run on every core need not match LocalPipeline's
+        # single-threaded one to the last bit. The demo models are too fast for them on most CPUs.
+        args["backend"] = {**args["backend"], "lone_run_threads": 0}
     cfg = PipelineConfig.model_validate(args)
     config = cfg.model_dump()
     metrics_were_enabled = METRICS.enabled
